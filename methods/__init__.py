@@ -1,0 +1,1 @@
+"""Built-in attention methods (installed as spbench.methods)."""

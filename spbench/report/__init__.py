@@ -1,0 +1,1 @@
+"""Pareto analysis and report rendering."""

@@ -1,0 +1,1 @@
+"""Benchmark suites (installed as spbench.suites)."""
