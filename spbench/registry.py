@@ -28,6 +28,8 @@ BUILTIN: dict[str, str] = {
     "flash": "spbench.methods.dense:FlashSDPA",
     "efficient": "spbench.methods.dense:EfficientSDPA",
     "reference": "spbench.methods.dense:Reference",
+    "rectified": "spbench.methods.rectified:Rectified",
+    "token-sparse": "spbench.methods.token_sparse:TokenSparse",
 }
 
 

@@ -1,0 +1,111 @@
+"""Per-block statistics of a [B, H, L, D] tensor: mean and mean absolute deviation.
+
+Used by planners that pool blocks (Rectified SpaAttn's pooled scores and its
+GAPR error bound). For block n of ``block`` rows (the last one ragged, with its
+real row count m):
+
+* ``mean[b, h, n]  = sum_rows x / m``
+* ``mad[b, h, n]   = sum_rows |x - mean| / m``   (per dimension)
+
+The Triton kernel reads each block once from HBM (its second pass over the
+block hits L2), accumulates in fp32, and never materialises ``x - mean``.
+:func:`block_stats_reference` is the plain-PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton is optional on machines without it (the torch path still works).
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+
+
+def block_stats_reference(x: torch.Tensor, block: int, with_mad: bool = True):
+    """Plain-PyTorch reference: (mean, mad or None, counts), fp32 ``[B, H, N, D]``."""
+    bsz, heads, length, dim = x.shape
+    n = (length + block - 1) // block
+    pad = n * block - length
+    xf = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(bsz, heads, n, block, dim)
+    counts = torch.full((n,), block, dtype=torch.int64, device=x.device)
+    counts[-1] = block - pad
+    valid = (torch.arange(n * block, device=x.device) < length).view(n, block, 1)
+    mean = xf.sum(3) / counts.float()[:, None]
+    mad = None
+    if with_mad:
+        dev = torch.where(valid, (xf - mean[:, :, :, None]).abs(), torch.zeros((), device=x.device))
+        mad = dev.sum(3) / counts.float()[:, None]
+    return mean, mad, counts
+
+
+if triton is not None:
+
+    @triton.jit
+    def _block_stats_kernel(
+        X, MEAN, MAD,
+        stride_b, stride_h, stride_l, stride_d,
+        H, L, D,
+        BLOCK: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WITH_MAD: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // H
+        h = pid_bh % H
+        base = X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+        dims = tl.arange(0, BLOCK_D)
+        dmask = dims < D
+        start = pid_n * BLOCK
+        count = tl.minimum(L - start, BLOCK).to(tl.float32)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for r0 in range(0, BLOCK, CHUNK):
+            rows = start + r0 + tl.arange(0, CHUNK)
+            mask = (rows < L)[:, None] & dmask[None, :]
+            ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
+            acc += tl.sum(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), axis=0)
+        mean = acc / count
+        out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
+        tl.store(MEAN + out, mean, mask=dmask)
+        if WITH_MAD:
+            dev = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for r0 in range(0, BLOCK, CHUNK):
+                rows = start + r0 + tl.arange(0, CHUNK)
+                mask = (rows < L)[:, None] & dmask[None, :]
+                ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
+                x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+                dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
+            tl.store(MAD + out, dev / count, mask=dmask)
+
+
+def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
+    """Triton version of :func:`block_stats_reference` (same outputs)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    bsz, heads, length, dim = x.shape
+    n = (length + block - 1) // block
+    mean = torch.empty(bsz, heads, n, dim, dtype=torch.float32, device=x.device)
+    mad = torch.empty_like(mean) if with_mad else mean  # MAD pointer unused without with_mad
+    chunk = min(block, 32)
+    if block % chunk:
+        raise ValueError(f"block ({block}) must be a multiple of {chunk}")
+    _block_stats_kernel[(n, bsz * heads)](
+        x, mean, mad,
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+        heads, length, dim,
+        BLOCK=block, CHUNK=chunk, BLOCK_D=triton.next_power_of_2(max(dim, 16)), WITH_MAD=with_mad,
+        num_warps=4,
+    )
+    counts = torch.full((n,), block, dtype=torch.int64, device=x.device)
+    counts[-1] = length - (n - 1) * block
+    return mean, (mad if with_mad else None), counts
+
+
+def block_stats(x: torch.Tensor, block: int, with_mad: bool = True, backend: str = "auto"):
+    """Per-block (mean, mad, counts); ``backend`` "auto" uses Triton where it runs."""
+    from spbench.kernels.executor import triton_available  # noqa: PLC0415 - avoid an import cycle
+
+    use_triton = backend == "triton" or (backend == "auto" and triton is not None and triton_available(x.device))
+    if use_triton:
+        return block_stats_triton(x, block, with_mad)
+    return block_stats_reference(x, block, with_mad)

@@ -1,0 +1,285 @@
+"""Rectified SpaAttn: block-sparse attention with a rescaled sparse part and a
+pooled compensation for blocks that pooling approximates well.
+
+Per (batch, query head, query block i), with blocks of ``block`` tokens for
+both queries and keys (default 128):
+
+1. Mean-pool Q, K and V per block (ragged tail: mean of its real tokens).
+2. Pooled scores over K_hat = pooled visual key blocks plus the ``text_len``
+   tail tokens unpooled (HunyuanVideo-style joint attention). IPAR: each
+   pooled block's logit gets +ln(m) (m = its token count), then one softmax;
+   the block mass ``P_hat[i, j]`` sums the entries of block j (its pooled
+   visual part and its text tokens). Without text this is
+   ``softmax_j(scale * q_mean_i . k_mean_j + ln m_j)``.
+3. Critical set: sort P_hat descending, keep n = max(count of the prefix
+   whose cumulative mass stays <= p, top_k) blocks, top_k = (1 - drop_rate)
+   * (visible blocks of the row). Forced blocks (text blocks, the causal
+   diagonal, 3-D grid neighbours) are ranked first and their mass counts
+   toward p; n never drops below their number.
+4. GAPR: dq_i = mean over block i of |q - q_mean_i| (per dim), dk_j alike;
+   gain G = |q_mean_i . k_mean_j|, error E = |dq_i . k_mean_j| + |q_mean_i . dk_j|.
+   A non-critical block is *compensated* where G > E, else *dropped*.
+5. ``O_i = R_i * O_sparse + sum_{compensated j} P_hat[i, j] * v_mean_j``,
+   O_sparse normalised over the critical blocks, R_i the P_hat mass of the
+   critical plus dropped blocks (= 1 - compensated mass). Both terms go
+   through the executor's fused epilogue (``plan.extras["row_scale"]``
+   ``[B, Hq, NQ]`` and ``["compensation"]`` ``[B, Hq, NQ, Dv]``, fp32).
+
+Choices the papers leave open (documented here, exposed as knobs):
+
+* ``drop_rate`` default 0.8; the released configurations use 0.75 to 0.85
+  depending on the model (lower keeps more blocks).
+* Budget mapping: with ``budget`` b and no explicit ``drop_rate``/``p``, the
+  planner keeps top_k = b * visible blocks per row and disables the
+  cumulative-p rule (p = 0), because that rule only ever adds blocks and
+  would overshoot on rows with flat scores. The per-row top_k is
+  error-diffused over query blocks (row counts alternate floor/ceil) so the
+  mean matches b even with few blocks. Forced blocks count toward top_k, so
+  the density can only exceed b where the forced set alone is larger
+  (a small grid, many text blocks). Explicitly given ``drop_rate`` or ``p``
+  win over the budget.
+* Text queries (``text_len`` > 0): every query block that holds a text token
+  attends densely (all KV blocks critical, R = 1, no compensation). Key
+  blocks holding any text token are always critical; in a block that mixes
+  the last visual tokens with text, the visual part is pooled for scoring
+  only. ``text_len`` requires self-attention and is not combined with causal.
+* 3-D neighbours (``grid`` "TxHxW", visual tokens in raster order t, h, w,
+  T*H*W = visual length): KV block j is a neighbour of query block i when
+  some token of i and some token of j are adjacent in the 26-neighbourhood
+  (each of |dt|, |dh|, |dw| <= 1, the token itself included).
+* Causal: scores cover the visible blocks only, the partly visible diagonal
+  block is forced critical, and only blocks that every query of the row can
+  see fully (strictly below the diagonal) are compensated.
+* Density counts the critical blocks only. The compensation product costs
+  2 * NQ * NKV * Dv FLOPs per head (``stats["compensation_flop_ratio"]``, a
+  share of dense attention FLOPs), as does the planning (three pooled
+  products of the same size).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from spbench.errors import SpbenchError
+from spbench.kernels.block_stats import block_stats
+from spbench.kernels.executor import execute
+from spbench.kernels.reference import attention_flops
+from spbench.method import Knob, Method
+from spbench.parsing import parse_grid
+from spbench.plan import Plan, num_blocks
+
+EXECUTORS = ("auto", "triton", "torch")
+
+
+def grouped_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [B, Hq, M, D] @ b[B, Hkv, N, D]^T`` per query head, GQA without repeating b."""
+    bsz, hq, m, d = a.shape
+    hkv, n = b.shape[1], b.shape[2]
+    out = torch.matmul(a.reshape(bsz, hkv, (hq // hkv) * m, d), b.transpose(-1, -2))
+    return out.view(bsz, hq, m, n)
+
+
+def grouped_apply(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``w [B, Hq, M, N] @ v[B, Hkv, N, D]`` per query head, GQA without repeating v."""
+    bsz, hq, m, n = w.shape
+    hkv = v.shape[1]
+    out = torch.matmul(w.reshape(bsz, hkv, (hq // hkv) * m, n), v)
+    return out.view(bsz, hq, m, v.shape[-1])
+
+
+def block_visibility(q_len: int, kv_len: int, block: int, causal: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any key of block j visible to some query of block i, all keys visible to all queries), ``[NQ, NKV]``."""
+    nq, nk = num_blocks(q_len, block), num_blocks(kv_len, block)
+    if not causal:
+        full = torch.ones(nq, nk, dtype=torch.bool, device=device)
+        return full, full
+    q_first = torch.arange(nq, device=device) * block
+    q_last = torch.clamp(q_first + block, max=q_len) - 1
+    k_first = torch.arange(nk, device=device) * block
+    k_last = torch.clamp(k_first + block, max=kv_len) - 1
+    return k_first[None, :] <= q_last[:, None], k_last[None, :] <= q_first[:, None]
+
+
+def grid_neighbours(grid: tuple[int, int, int], block: int, nq: int, nk: int, device) -> torch.Tensor:
+    """KV blocks holding a 26-neighbour of a query block's tokens, ``[NQ, NKV]`` bool.
+
+    Tokens are the first T*H*W positions in raster order (t, h, w).
+    """
+    t_, h_, w_ = grid
+    n = t_ * h_ * w_
+    idx = torch.arange(n, device=device)
+    t, h, w = idx // (h_ * w_), (idx // w_) % h_, idx % w_
+    out = torch.zeros(nq * nk, dtype=torch.bool, device=device)
+    for dt in (-1, 0, 1):  # 27 vectorised passes over the tokens, not a per-block loop
+        for dh in (-1, 0, 1):
+            for dw in (-1, 0, 1):
+                ok = (t + dt >= 0) & (t + dt < t_) & (h + dh >= 0) & (h + dh < h_) & (w + dw >= 0) & (w + dw < w_)
+                other = idx + dt * h_ * w_ + dh * w_ + dw
+                flat = (idx[ok] // block) * nk + other[ok] // block
+                out[flat] = True
+    return out.view(nq, nk)
+
+
+def dithered_counts(target: torch.Tensor) -> torch.Tensor:
+    """Integer counts whose running sum tracks the running sum of ``target`` (>= 0)."""
+    cum = torch.floor(torch.cumsum(target.double(), 0) + 0.5)
+    prev = torch.cat([cum.new_zeros(1), cum[:-1]])
+    return (cum - prev).long()
+
+
+class Rectified(Method):
+    """Rectified SpaAttn (IPAR block scores, GAPR compensation); see the module docstring."""
+
+    name = "rectified"
+    aliases = ("rectified-spaattn", "spaattn")
+    summary = "Rectified SpaAttn: critical blocks exact, rescaled; pooled compensation where GAPR allows"
+    knobs = {
+        "block": Knob(128, "query and KV block size (power of two, 16..256)"),
+        "p": Knob(0.3, "cumulative P_hat mass the critical set covers at least, in [0, 1]"),
+        "drop_rate": Knob(0.8, "share of blocks left out of the critical set (0.75-0.85 by model), in [0, 1)"),
+        "text_len": Knob(0, "trailing text tokens (joint attention): scored unpooled, always critical, dense as queries"),
+        "grid": Knob(None, "latent grid TxHxW of the visual tokens (raster order): adds 3-D neighbour blocks"),
+        "executor": Knob("auto", "kernels for planning and the block-sparse run", EXECUTORS),
+    }
+
+    def __init__(self, **params: Any) -> None:
+        self.explicit = frozenset(params)
+        self._neighbour_cache: dict[tuple, torch.Tensor] = {}
+        super().__init__(**params)
+
+    def validate(self) -> None:
+        block = self.params["block"]
+        if block < 16 or block > 256 or block & (block - 1):
+            raise SpbenchError(f"rectified: block must be a power of two in 16..256, got {block}")
+        if not 0.0 <= self.params["p"] <= 1.0:
+            raise SpbenchError(f"rectified: p must be in [0, 1], got {self.params['p']}")
+        if not 0.0 <= self.params["drop_rate"] < 1.0:
+            raise SpbenchError(f"rectified: drop_rate must be in [0, 1), got {self.params['drop_rate']}")
+        if self.params["text_len"] < 0:
+            raise SpbenchError(f"rectified: text_len must be >= 0, got {self.params['text_len']}")
+        if self.params["text_len"] > 0 and self.causal:
+            raise SpbenchError("rectified: text_len (joint text-video attention) is bidirectional; do not combine it with causal")
+        self.grid = parse_grid(self.params["grid"]) if self.params["grid"] not in (None, "") else None
+
+    # -- the budget mapping ---------------------------------------------------
+    def keep_fraction(self) -> float:
+        """Share of a row's visible blocks that top_k keeps."""
+        if self.budget is not None and "drop_rate" not in self.explicit:
+            return self.budget
+        return 1.0 - self.params["drop_rate"]
+
+    def mass_threshold(self) -> float:
+        if self.budget is not None and "p" not in self.explicit:
+            return 0.0
+        return float(self.params["p"])
+
+    # -- planning ---------------------------------------------------------------
+    def _neighbours(self, q_len: int, nq: int, nk: int, device) -> torch.Tensor | None:
+        if self.grid is None:
+            return None
+        visual = q_len - self.params["text_len"]
+        if math.prod(self.grid) != visual:
+            raise SpbenchError(f"rectified: grid {'x'.join(map(str, self.grid))} has {math.prod(self.grid)} tokens but the sequence has {visual} visual tokens")
+        key = (self.grid, self.params["block"], nq, nk, str(device))
+        if key not in self._neighbour_cache:
+            self._neighbour_cache[key] = grid_neighbours(self.grid, self.params["block"], nq, nk, device)
+        return self._neighbour_cache[key]
+
+    def plan(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Plan:
+        self.check_inputs(q, k, v)
+        bsz, hq, q_len, dim = q.shape
+        kv_len = k.shape[2]
+        block, text = self.params["block"], self.params["text_len"]
+        backend = self.params["executor"]
+        if (text > 0 or self.grid is not None) and q_len != kv_len:
+            raise SpbenchError("rectified: text_len and grid need self-attention (equal query and key lengths)")
+        if text >= kv_len:
+            raise SpbenchError(f"rectified: text_len ({text}) must be smaller than the sequence ({kv_len})")
+        scale = self.softmax_scale(dim)
+        nq, nk = num_blocks(q_len, block), num_blocks(kv_len, block)
+        vis_q, vis_k = q_len - text, kv_len - text
+        nqv, nkv = num_blocks(vis_q, block), num_blocks(vis_k, block)
+
+        # 1. pooled statistics of the visual tokens (fp32)
+        qm, dq, _ = block_stats(q[:, :, :vis_q], block, True, backend)
+        km, dk, kcount = block_stats(k[:, :, :vis_k], block, True, backend)
+        vm, _, _ = block_stats(v[:, :, :vis_k], block, False, backend)
+        if nqv < nq:  # pure-text query blocks: placeholders, they go dense below
+            qm = torch.nn.functional.pad(qm, (0, 0, 0, nq - nqv))
+            dq = torch.nn.functional.pad(dq, (0, 0, 0, nq - nqv))
+
+        # 2. IPAR block logits: pooled visual blocks + ln(count), text tokens individually
+        dots = grouped_matmul(qm, km)  # [B, Hq, NQ, NKv]
+        logits = dots * scale + torch.log(kcount.float())
+        if nk > nkv:
+            logits = torch.nn.functional.pad(logits, (0, nk - nkv), value=float("-inf"))
+        text_first = vis_k // block  # first KV block holding a text token
+        if text > 0:
+            st = grouped_matmul(qm, k[:, :, vis_k:].float()) * scale  # [B, Hq, NQ, text]
+            lead = vis_k - text_first * block
+            st = torch.nn.functional.pad(st, (lead, (nk - text_first) * block - lead - text), value=float("-inf"))
+            text_lse = torch.logsumexp(st.view(bsz, hq, nq, nk - text_first, block), dim=-1)
+            logits[..., text_first:] = torch.logaddexp(logits[..., text_first:], text_lse)
+        visible, full = block_visibility(q_len, kv_len, block, self.causal, q.device)
+        logits = logits.masked_fill(~visible, float("-inf"))
+        p_hat = torch.softmax(logits, dim=-1)
+
+        # 3. critical set: forced blocks first, then by P_hat
+        forced = visible & ~full  # the causal diagonal
+        if text > 0:
+            forced = forced.clone()
+            forced[:, text_first:] = True
+        neighbours = self._neighbours(q_len, nq, nk, q.device)
+        if neighbours is not None:
+            forced = forced | neighbours
+        forced = forced & visible
+        rank_key = torch.where(visible, p_hat + 2.0 * forced, torch.full_like(p_hat, -1.0))
+        order = torch.argsort(rank_key, dim=-1, descending=True)
+        n_keep = dithered_counts(self.keep_fraction() * visible.sum(-1).double()).clamp(min=1)
+        n_keep = torch.maximum(n_keep, forced.sum(-1))  # [NQ]
+        p = self.mass_threshold()
+        if p > 0:
+            mass = torch.cumsum(torch.gather(p_hat, -1, order), dim=-1)
+            n_keep = torch.maximum(n_keep, (mass <= p + 1e-6).sum(-1))  # [B, Hq, NQ]
+        rank = torch.arange(nk, device=q.device)
+        keep_sorted = (rank < n_keep[..., None]).expand(order.shape)
+        critical = torch.zeros(order.shape, dtype=torch.bool, device=q.device).scatter(-1, order, keep_sorted)
+        if text > 0:  # query blocks holding text tokens attend densely
+            critical[:, :, vis_q // block :] = True
+        critical &= visible
+
+        # 4. GAPR: compensate a non-critical block only where gain > error
+        gain = dots.abs()
+        error = grouped_matmul(dq, km).abs() + grouped_matmul(qm, dk).abs()
+        rectifiable = gain > error
+        if nk > nkv:
+            rectifiable = torch.nn.functional.pad(rectifiable, (0, nk - nkv), value=False)
+        if text > 0:
+            rectifiable[..., text_first:] = False  # a block with text is always critical anyway
+        compensated = rectifiable & full & ~critical
+
+        # 5. fused epilogue terms
+        weights = torch.where(compensated, p_hat, torch.zeros((), device=q.device))
+        row_scale = 1.0 - weights.sum(-1)
+        compensation = grouped_apply(weights[..., :nkv].contiguous(), vm)
+        levels = critical.to(torch.int8)
+
+        vis_pairs = visible.sum() * bsz * hq
+        dense_flops = attention_flops(bsz, hq, q_len, kv_len, dim, self.causal)
+        stats = {
+            "keep_fraction": self.keep_fraction(),
+            "p": p,
+            "critical_fraction": float(critical.sum() / vis_pairs),
+            "compensated_fraction": float(compensated.sum() / vis_pairs),
+            "dropped_fraction": float((visible & ~critical & ~compensated).sum() / vis_pairs),
+            "mean_row_scale": float(row_scale.mean()),
+            "compensation_flop_ratio": 2.0 * bsz * hq * nq * nkv * v.shape[-1] / dense_flops,
+        }
+        extras = {"row_scale": row_scale.float().contiguous(), "compensation": compensation.float().contiguous()}
+        return Plan.from_levels(levels, q_len, kv_len, block, block, self.causal, extras=extras, stats=stats)
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
+        return execute(q, k, v, plan, scale=self.softmax_scale(q.shape[-1]), backend=self.params["executor"])
