@@ -22,15 +22,19 @@ def triton_available(device: torch.device) -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def execute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float | None = None, backend: str = "auto", return_lse: bool = False):
-    """Run attention over ``plan``; output has q's dtype."""
+def execute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, scale: float | None = None, backend: str = "auto", return_lse: bool = False, pyramid=None):
+    """Run attention over ``plan``; output has q's dtype.
+
+    ``pyramid``: pooled K/V from :func:`spbench.kernels.pool.build_pyramid`
+    to reuse (the Triton path; else ``plan.extras['pyramid']`` or a fresh one).
+    """
     if plan.is_dense:
         raise ValueError("a dense plan has no block map; run dense attention instead")
     use_triton = backend == "triton" or (backend == "auto" and triton_available(q.device))
     if use_triton:
-        from spbench.kernels import pyramid_triton  # noqa: PLC0415 - optional until the kernel lands
+        from spbench.kernels import pyramid_triton  # noqa: PLC0415 - imports triton
 
-        return pyramid_triton.run_plan(q, k, v, plan, scale=scale, return_lse=return_lse)
+        return pyramid_triton.run_plan(q, k, v, plan, scale=scale, return_lse=return_lse, pyramid=pyramid)
     result = pyramid_attention_reference(
         q,
         k,

@@ -1,0 +1,153 @@
+"""The pooled K/V pyramid: keys and values mean-pooled in groups of 2, 4 and 8.
+
+One Triton pass reads each K and V row once and writes all three levels
+(level 4 is built from the level-2 sums, level 8 from the level-4 sums, so
+"pooling repeated pairwise" and "mean of the group" agree exactly in fp32).
+Groups are global: pooled row j of level p stands for key positions
+j*p .. j*p+p-1. A group cut short by the end of the sequence averages the
+m < p keys it has (see :func:`spbench.kernels.reference.pool_kv`).
+
+A :class:`Pyramid` can be built once and reused by every call that shares
+K/V (the executor, and planners that score with pooled keys). The pooled
+tensors have K's dtype; the sums are taken in fp32 and rounded once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from spbench.errors import SpbenchError
+
+try:  # triton is optional on machines that only run the PyTorch references
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only without triton
+    triton = None
+    tl = None
+
+POOL_LEVELS = (2, 4, 8)
+
+
+def pooled_length(length: int, p: int) -> int:
+    return (length + p - 1) // p
+
+
+@dataclass
+class Pyramid:
+    """Pooled keys/values of one (K, V) pair: ``k[p]``, ``v[p]`` are ``[B, Hkv, ceil(Lk/p), D]``.
+
+    ``k[1]``/``v[1]`` are the originals. ``matches(k, v)`` says whether the
+    pyramid was built from exactly these tensors (same storage, shape and
+    in-place version), so a stale pyramid is never used silently.
+    """
+
+    k: dict[int, torch.Tensor]
+    v: dict[int, torch.Tensor]
+    source: tuple = field(default=(), repr=False)
+
+    @property
+    def kv_len(self) -> int:
+        return self.k[1].shape[2]
+
+    def matches(self, k: torch.Tensor, v: torch.Tensor) -> bool:
+        return self.source == _fingerprint(k, v)
+
+
+def _fingerprint(k: torch.Tensor, v: torch.Tensor) -> tuple:
+    return tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version) for t in (k, v))
+
+
+if triton is not None:
+
+    @triton.jit
+    def _pool_kernel(
+        src_ptr, out2_ptr, out4_ptr, out8_ptr,
+        H, L, L2, L4, L8,
+        s_b, s_h, s_l,
+        o2_bh, o4_bh, o8_bh,
+        D: tl.constexpr, G: tl.constexpr,
+    ):
+        """One program: G level-8 groups (8*G rows) of one (batch, head) of K or V."""
+        pid_g = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        src = src_ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
+        j = pid_g * G + tl.arange(0, G)  # level-8 group index
+        d = tl.arange(0, D)
+        # x_i = row 8j+i; rows past the end read as 0. Sums of each level are
+        # then divided by the true group size m = min(p, L - start).
+        x0 = _load_rows(src, j * 8 + 0, d, L, s_l)
+        x1 = _load_rows(src, j * 8 + 1, d, L, s_l)
+        x2 = _load_rows(src, j * 8 + 2, d, L, s_l)
+        x3 = _load_rows(src, j * 8 + 3, d, L, s_l)
+        x4 = _load_rows(src, j * 8 + 4, d, L, s_l)
+        x5 = _load_rows(src, j * 8 + 5, d, L, s_l)
+        x6 = _load_rows(src, j * 8 + 6, d, L, s_l)
+        x7 = _load_rows(src, j * 8 + 7, d, L, s_l)
+        a = x0 + x1
+        b2 = x2 + x3
+        c = x4 + x5
+        e = x6 + x7
+        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 0, d, a, 2, L, L2, D)
+        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 1, d, b2, 2, L, L2, D)
+        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 2, d, c, 2, L, L2, D)
+        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 3, d, e, 2, L, L2, D)
+        f = a + b2
+        g = c + e
+        _store_mean(out4_ptr, bh, o4_bh, j * 2 + 0, d, f, 4, L, L4, D)
+        _store_mean(out4_ptr, bh, o4_bh, j * 2 + 1, d, g, 4, L, L4, D)
+        _store_mean(out8_ptr, bh, o8_bh, j, d, f + g, 8, L, L8, D)
+
+    @triton.jit
+    def _load_rows(src, r, d, L, s_l):
+        return tl.load(src + r.to(tl.int64)[:, None] * s_l + d[None, :], mask=(r < L)[:, None], other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _store_mean(out_ptr, bh, o_bh, r, d, total, P: tl.constexpr, L, LP, D: tl.constexpr):
+        m = tl.maximum(tl.minimum(L - r * P, P), 1).to(tl.float32)  # rows past the end are masked
+        ptr = out_ptr + bh.to(tl.int64) * o_bh + r.to(tl.int64)[:, None] * D + d[None, :]
+        tl.store(ptr, (total / m[:, None]).to(out_ptr.dtype.element_ty), mask=(r < LP)[:, None])
+
+
+def _pool_one(x: torch.Tensor) -> dict[int, torch.Tensor]:
+    bsz, heads, length, dim = x.shape
+    if dim & (dim - 1) or dim < 16:
+        raise SpbenchError(f"the pyramid kernel needs a power-of-two head dim >= 16, got {dim}")
+    outs = {p: torch.empty(bsz, heads, pooled_length(length, p), dim, dtype=x.dtype, device=x.device) for p in POOL_LEVELS}
+    groups = max(1, 2048 // dim)  # G level-8 groups per program: 8*G rows of D
+    grid = (triton.cdiv(pooled_length(length, 8), groups), bsz * heads)
+    _pool_kernel[grid](
+        x, outs[2], outs[4], outs[8],
+        heads, length, outs[2].shape[2], outs[4].shape[2], outs[8].shape[2],
+        x.stride(0), x.stride(1), x.stride(2),
+        outs[2].shape[2] * dim, outs[4].shape[2] * dim, outs[8].shape[2] * dim,
+        D=dim, G=groups,
+    )
+    return outs
+
+
+def build_pyramid(k: torch.Tensor, v: torch.Tensor) -> Pyramid:
+    """Pool K and V by 2, 4 and 8 in one pass each (Triton; CUDA or TRITON_INTERPRET=1).
+
+    Falls back to the PyTorch pooling of :mod:`spbench.kernels.reference`
+    when Triton cannot run here (plain CPU), with the same rounding to K's dtype.
+    """
+    if k.shape != v.shape or k.dim() != 4:
+        raise SpbenchError(f"k and v must both be [batch, heads, seq, head_dim], got {tuple(k.shape)} and {tuple(v.shape)}")
+    source = _fingerprint(k, v)
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    from spbench.kernels.executor import triton_available  # noqa: PLC0415 - avoid an import cycle
+
+    if triton is not None and triton_available(k.device):
+        pk, pv = _pool_one(k), _pool_one(v)
+    else:
+        from spbench.kernels.reference import pool_kv  # noqa: PLC0415
+
+        acc = torch.float64 if k.dtype == torch.float64 else torch.float32
+        pk = {p: pool_kv(k.to(acc), p)[0].to(k.dtype) for p in POOL_LEVELS}
+        pv = {p: pool_kv(v.to(acc), p)[0].to(v.dtype) for p in POOL_LEVELS}
+    return Pyramid({1: k, **pk}, {1: v, **pv}, source)
