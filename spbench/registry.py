@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "reference": "spbench.methods.dense:Reference",
     "rectified": "spbench.methods.rectified:Rectified",
     "token-sparse": "spbench.methods.token_sparse:TokenSparse",
+    "levels": "spbench.methods.levels:Levels",
 }
 
 
