@@ -24,6 +24,8 @@ Two Triton passes, never an L x L (or W x L) matrix in memory:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # Triton is optional on machines without it (the torch path still works).
@@ -71,7 +73,7 @@ if triton is not None:
         QW, K, POS, M_OUT, L_OUT,
         stride_kb, stride_kh, stride_kl, stride_kd,
         HKV, ROWS, W, L, D, SPLIT_LEN, scale_log2,
-        CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     ):
         # QW: contiguous [B, Hq, W, D]; the G*W rows of KV head g are contiguous.
         pid_m = tl.program_id(0)
@@ -95,7 +97,10 @@ if triton is not None:
             keys = n0 + tl.arange(0, BLOCK_N)
             kmask = keys < end
             k = tl.load(k_base + keys.to(tl.int64)[:, None] * stride_kl + dims[None, :] * stride_kd, mask=kmask[:, None] & dmask[None, :], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
+            if UPCAST:
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * scale_log2
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale_log2
             visible = kmask[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= qpos[:, None])
@@ -114,7 +119,7 @@ if triton is not None:
         QW, K, POS, LSE, OUT,
         stride_kb, stride_kh, stride_kl, stride_kd,
         HKV, ROWS, W, L, D, scale_log2, inv_rows,
-        CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -133,7 +138,10 @@ if triton is not None:
             qpos = tl.load(POS + rows % W, mask=rmask, other=0)
             q = tl.load(QW + (pid_bh.to(tl.int64) * ROWS + rows)[:, None] * D + dims[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
             lse = tl.load(LSE + pid_bh.to(tl.int64) * ROWS + rows, mask=rmask, other=float("inf"))
-            s = tl.dot(q, tl.trans(k)) * scale_log2
+            if UPCAST:
+                s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * scale_log2
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale_log2
             visible = rmask[:, None] & kmask[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= qpos[:, None])
@@ -166,11 +174,13 @@ def window_key_scores_triton(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
     m_part = torch.empty(bsz * hkv, splits, rows, dtype=torch.float32, device=q.device)
     l_part = torch.empty_like(m_part)
     scale_log2 = float(scale) * LOG2E
+    # The interpreter's tl.dot multiplies bf16 bit patterns (triton-lang/triton#11584): upcast there only.
+    upcast = k.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     _row_stats_kernel[(triton.cdiv(rows, block_m), bsz * hkv, splits)](
         qw, k, pos, m_part, l_part,
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         hkv, rows, window, length, dim, split_len, scale_log2,
-        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=upcast,
     )
     # Merge the chunks: lse2 = log2(sum_c l_c * 2^(m_c)), in base 2 like the kernels.
     m_max = m_part.amax(1, keepdim=True)
@@ -182,7 +192,7 @@ def window_key_scores_triton(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor
         qw, k, pos, lse2, out,
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         hkv, rows, window, length, dim, scale_log2, 1.0 / rows,
-        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, UPCAST=upcast,
     )
     return out
 

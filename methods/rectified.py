@@ -30,9 +30,11 @@ Choices the papers leave open (documented here, exposed as knobs):
 * ``drop_rate`` default 0.8; the released configurations use 0.75 to 0.85
   depending on the model (lower keeps more blocks).
 * Budget mapping: with ``budget`` b and no explicit ``drop_rate``/``p``, the
-  planner keeps top_k = b * visible blocks per row and disables the
-  cumulative-p rule (p = 0), because that rule only ever adds blocks and
-  would overshoot on rows with flat scores. The per-row top_k is
+  planner keeps top_k = b * visible blocks per row (by area: a causal
+  diagonal block costs about half a block, so a causal row gets that half
+  back) and disables the cumulative-p rule (p = 0), because that rule only
+  ever adds blocks and would overshoot on rows with flat scores. The per-row
+  top_k is
   error-diffused over query blocks (row counts alternate floor/ceil) so the
   mean matches b even with few blocks. Forced blocks count toward top_k, so
   the density can only exceed b where the forced set alone is larger
@@ -43,8 +45,8 @@ Choices the papers leave open (documented here, exposed as knobs):
   blocks holding any text token are always critical; in a block that mixes
   the last visual tokens with text, the visual part is pooled for scoring
   only. ``text_len`` requires self-attention and is not combined with causal.
-* 3-D neighbours (``grid`` "TxHxW", visual tokens in raster order t, h, w,
-  T*H*W = visual length): KV block j is a neighbour of query block i when
+* 3-D neighbours (``grid`` "TxHxW", visual tokens in raster order t, h, w;
+  T*H*W = visual length, or the last frame partly filled): KV block j is a neighbour of query block i when
   some token of i and some token of j are adjacent in the 26-neighbourhood
   (each of |dt|, |dh|, |dw| <= 1, the token itself included).
 * Causal: scores cover the visible blocks only, the partly visible diagonal
@@ -69,7 +71,7 @@ from spbench.kernels.executor import execute
 from spbench.kernels.reference import attention_flops
 from spbench.method import Knob, Method
 from spbench.parsing import parse_grid
-from spbench.plan import Plan, num_blocks
+from spbench.plan import Plan, block_areas, num_blocks
 
 EXECUTORS = ("auto", "triton", "torch")
 
@@ -103,21 +105,22 @@ def block_visibility(q_len: int, kv_len: int, block: int, causal: bool, device) 
     return k_first[None, :] <= q_last[:, None], k_last[None, :] <= q_first[:, None]
 
 
-def grid_neighbours(grid: tuple[int, int, int], block: int, nq: int, nk: int, device) -> torch.Tensor:
+def grid_neighbours(grid: tuple[int, int, int], tokens: int, block: int, nq: int, nk: int, device) -> torch.Tensor:
     """KV blocks holding a 26-neighbour of a query block's tokens, ``[NQ, NKV]`` bool.
 
-    Tokens are the first T*H*W positions in raster order (t, h, w).
+    The first ``tokens`` positions are the cells of the grid in raster order
+    (t, h, w); the last frame may be partly filled (cells past ``tokens`` are absent).
     """
     t_, h_, w_ = grid
-    n = t_ * h_ * w_
+    n = tokens
     idx = torch.arange(n, device=device)
     t, h, w = idx // (h_ * w_), (idx // w_) % h_, idx % w_
     out = torch.zeros(nq * nk, dtype=torch.bool, device=device)
     for dt in (-1, 0, 1):  # 27 vectorised passes over the tokens, not a per-block loop
         for dh in (-1, 0, 1):
             for dw in (-1, 0, 1):
-                ok = (t + dt >= 0) & (t + dt < t_) & (h + dh >= 0) & (h + dh < h_) & (w + dw >= 0) & (w + dw < w_)
                 other = idx + dt * h_ * w_ + dh * w_ + dw
+                ok = (t + dt >= 0) & (t + dt < t_) & (h + dh >= 0) & (h + dh < h_) & (w + dw >= 0) & (w + dw < w_) & (other < n)
                 flat = (idx[ok] // block) * nk + other[ok] // block
                 out[flat] = True
     return out.view(nq, nk)
@@ -162,14 +165,35 @@ class Rectified(Method):
             raise SpbenchError(f"rectified: text_len must be >= 0, got {self.params['text_len']}")
         if self.params["text_len"] > 0 and self.causal:
             raise SpbenchError("rectified: text_len (joint text-video attention) is bidirectional; do not combine it with causal")
-        self.grid = parse_grid(self.params["grid"]) if self.params["grid"] not in (None, "") else None
+        grid = self.params["grid"]
+        if isinstance(grid, (tuple, list)):  # Python callers may pass (T, H, W)
+            grid = "x".join(map(str, grid))
+        self.grid = parse_grid(grid) if grid not in (None, "") else None
 
     # -- the budget mapping ---------------------------------------------------
     def keep_fraction(self) -> float:
         """Share of a row's visible blocks that top_k keeps."""
-        if self.budget is not None and "drop_rate" not in self.explicit:
-            return self.budget
-        return 1.0 - self.params["drop_rate"]
+        return self.budget if self.budget_mode else 1.0 - self.params["drop_rate"]
+
+    def row_targets(self, q_len: int, kv_len: int, visible: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+        """Blocks top_k keeps in each query block row (float, before error diffusion).
+
+        Native rule: (1 - drop_rate) * visible blocks. Budget rule: b * (the row's
+        visible area in block units) plus, for each partly visible (diagonal) block,
+        the share of a block it does not cost, so that the kept FLOPs match b.
+        """
+        if not self.budget_mode:
+            return self.keep_fraction() * visible.sum(-1).double()
+        block = self.params["block"]
+        areas = block_areas(q_len, kv_len, block, block, self.causal, visible.device)
+        rows = torch.clamp(torch.arange(areas.shape[0], device=visible.device) * block + block, max=q_len) - torch.arange(areas.shape[0], device=visible.device) * block
+        share = areas / (rows[:, None].double() * block)  # a full block pair = 1
+        partial = visible & ~full
+        return self.budget * share.sum(-1) + torch.where(partial, 1.0 - share, torch.zeros_like(share)).sum(-1)
+
+    @property
+    def budget_mode(self) -> bool:
+        return self.budget is not None and "drop_rate" not in self.explicit
 
     def mass_threshold(self) -> float:
         if self.budget is not None and "p" not in self.explicit:
@@ -181,11 +205,14 @@ class Rectified(Method):
         if self.grid is None:
             return None
         visual = q_len - self.params["text_len"]
-        if math.prod(self.grid) != visual:
-            raise SpbenchError(f"rectified: grid {'x'.join(map(str, self.grid))} has {math.prod(self.grid)} tokens but the sequence has {visual} visual tokens")
-        key = (self.grid, self.params["block"], nq, nk, str(device))
+        cells, frame = math.prod(self.grid), self.grid[1] * self.grid[2]
+        if not visual <= cells < visual + frame:
+            raise SpbenchError(
+                f"rectified: grid {'x'.join(map(str, self.grid))} has {cells} cells but the sequence has {visual} visual tokens (only the last frame may be partly filled)"
+            )
+        key = (self.grid, visual, self.params["block"], nq, nk, str(device))
         if key not in self._neighbour_cache:
-            self._neighbour_cache[key] = grid_neighbours(self.grid, self.params["block"], nq, nk, device)
+            self._neighbour_cache[key] = grid_neighbours(self.grid, visual, self.params["block"], nq, nk, device)
         return self._neighbour_cache[key]
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Plan:
@@ -238,7 +265,7 @@ class Rectified(Method):
         forced = forced & visible
         rank_key = torch.where(visible, p_hat + 2.0 * forced, torch.full_like(p_hat, -1.0))
         order = torch.argsort(rank_key, dim=-1, descending=True)
-        n_keep = dithered_counts(self.keep_fraction() * visible.sum(-1).double()).clamp(min=1)
+        n_keep = dithered_counts(self.row_targets(q_len, kv_len, visible, full)).clamp(min=1)
         n_keep = torch.maximum(n_keep, forced.sum(-1))  # [NQ]
         p = self.mass_threshold()
         if p > 0:
