@@ -58,7 +58,7 @@ def _register_commands() -> None:
 
 
 # Each module defines register(app, suite_app).
-COMMAND_MODULES: list[str] = ["spbench.cli_kernel", "spbench.cli_suite_kernel"]
+COMMAND_MODULES: list[str] = ["spbench.cli_kernel", "spbench.cli_suite_kernel", "spbench.cli_videomme", "spbench.cli_vbench"]
 
 
 def main(argv: list[str] | None = None) -> None:
