@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from spbench.errors import SpbenchError
-from spbench.parsing import parse_budget, parse_grid, parse_list, parse_params, parse_seq, parse_value
+from spbench.parsing import parse_budget, parse_grid, parse_list, parse_seq, parse_value
 from spbench.results import cell_key
 
 SWEEP_FILE = "sweep.toml"
@@ -176,15 +176,15 @@ def parse_params_items(items: Iterable[str]) -> dict[str, Any]:
     """``--param tau=0.5`` (every method with a knob tau) and ``--param psa.tau=0.5`` (psa only)."""
     out: dict[str, Any] = {}
     for item in items:
-        flat = parse_params([item])
-        for name, value in flat.items():
-            method, dot, knob = name.rpartition(".")
-            if dot:
-                if not method or not knob:
-                    raise SpbenchError(f"malformed --param {item!r}: expected knob=value or method.knob=value")
-                out.setdefault(method, {})[knob] = value
-            else:
-                out[name] = value
+        name, sep, text = item.partition("=")
+        method, dot, knob = name.strip().rpartition(".")
+        if not sep or not knob or (dot and not method):
+            raise SpbenchError(f"malformed --param {item!r}: expected knob=value or method.knob=value")
+        knob = knob.strip().replace("-", "_")  # knobs are identifiers; method names keep their '-'
+        if dot:
+            out.setdefault(method.strip(), {})[knob] = parse_value(text)
+        else:
+            out[knob] = parse_value(text)
     return out
 
 

@@ -62,7 +62,7 @@ def _use_log(values: np.ndarray, metric: Metric) -> bool:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # constrained layout already fits the legend
     return buf.getvalue()
 
 
@@ -79,7 +79,7 @@ def pareto_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
     if not np.isfinite(y_all).any():
         return None
     nrows, ncols = len(runs), len(axes_metrics)
-    fig = Figure(figsize=(5.6 * ncols + 2.2, 4.2 * nrows + 0.6), layout="constrained")
+    fig = Figure()
     grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True, sharex="col")
     for col, xmetric in enumerate(axes_metrics):
         x_all = _numeric(frame, xmetric.name)
@@ -105,20 +105,13 @@ def pareto_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
             if xmetric.name.startswith("speedup"):
                 ax.axvline(1.0, color="#bbbbbb", lw=0.8, zorder=1)
             ax.grid(True, which="major", alpha=0.3)
-            ax.set_xlabel(_axis_label(xmetric))
+            if row == nrows - 1:
+                ax.set_xlabel(_axis_label(xmetric))
             if col == 0:
                 ax.set_ylabel(_axis_label(quality))
             if nrows > 1:
                 ax.set_title(f"run {run}", fontsize=9)
-    handles, labels = {}, []
-    for ax in np.ravel(grid):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="outside right center", fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    return _finish(fig, np.ravel(grid), nrows, ncols, 5.0, 3.8, title, wspace=0.08, hspace=0.22)
 
 
 def curves_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styles: Styles, runs: list[str], title: str) -> bytes | None:
@@ -129,7 +122,7 @@ def curves_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
     if not np.isfinite(budget).any():
         return None
     panels = [quality, efficiency] + ([DENSITY] if efficiency.name != DENSITY.name and DENSITY.name in frame.columns else [])
-    fig = Figure(figsize=(4.6 * len(panels) + 2.2, 4.0), layout="constrained")
+    fig = Figure()
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     lo, hi = np.nanmin(budget), np.nanmax(budget)
     for ax, metric in zip(axes, panels):
@@ -162,14 +155,29 @@ def curves_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
         ax.set_xlabel("budget (target density)")
         ax.set_ylabel(_axis_label(metric))
         ax.grid(True, alpha=0.3)
-    handles, labels = {}, []
+    return _finish(fig, axes, 1, len(panels), 4.0, 3.3, title, wspace=0.3, hspace=0.0)
+
+
+def _finish(fig, axes, nrows: int, ncols: int, panel_w: float, panel_h: float, title: str, wspace: float, hspace: float) -> bytes:
+    """Fixed margins in inches and a legend on the right sized to its labels.
+
+    (Cheaper than constrained layout or a tight bounding box, which redraw
+    every tick to measure it: report time is mostly figure time.)
+    """
+    handles: dict[str, object] = {}
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="outside right center", fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
+            handles.setdefault(lab, h)
+    labels = list(handles)
+    legend_w = 0.5 + 0.07 * max((len(lab) for lab in labels), default=0)
+    left, right, top, bottom = 0.95, legend_w + 0.15, 0.55, 0.65
+    width = left + ncols * panel_w + (ncols - 1) * panel_w * wspace + right
+    height = top + nrows * panel_h + (nrows - 1) * panel_h * hspace + bottom
+    fig.set_size_inches(width, height)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height, wspace=wspace, hspace=hspace)
+    if labels:
+        fig.legend([handles[lab] for lab in labels], labels, loc="center left", bbox_to_anchor=(1 - (right - 0.1) / width, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height)
     return _png(fig)
 
 

@@ -1,0 +1,167 @@
+"""`spbench report` on hand-made records of every suite: metrics, frontiers, escaping, self-containment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from spbench.errors import SpbenchError
+from spbench.report import metrics as M
+from spbench.report.build import build_report, default_name, write_report
+from spbench.report.html import render_html
+from spbench.report.markdown import render_markdown
+from spbench.results import RunStore
+
+ENV = {"gpu": "NVIDIA H100 80GB HBM3", "driver": "550.54", "torch": "2.6.0", "triton": "3.2.0", "git_sha": "abc123def", "git_dirty": False, "time": "2026-01-01T00:00:00+00:00"}
+EVIL = "<script>alert(1)</script>"
+SHAPE = dict(workload="video", seq=32000, kv_seq=32000, batch=1, heads=40, kv_heads=40, head_dim=128, dtype="bf16", causal=False, device="cuda")
+
+
+def kernel(method, budget, speedup, rel_l2, density, status="ok", error=None, **extra):
+    rec = dict(suite="kernel", method=method, budget=budget, status=status, error=error, role="method", **SHAPE)
+    if status == "ok":
+        rec.update(speedup_total=speedup, speedup_run=speedup * 1.1, rel_l2=rel_l2, cosine=1 - rel_l2**2 / 2, max_abs=rel_l2 * 3, density=density, run_ms=10 / speedup, plan_ms=0.5, dense_ms=10.0)
+    rec.update(extra)
+    return rec
+
+
+@pytest.fixture
+def runs(tmp_path) -> dict[str, Path]:
+    k = RunStore(tmp_path, "kern", config={"command": "suite kernel", "sweep": {"methods": ["all"], "budgets": [0.1, 0.3]}}, environment=ENV)
+    for rec in [
+        kernel("cudnn", None, 1.0, 0.004, 1.0, role="baseline"),
+        kernel("psa", 0.1, 6.0, 0.08, 0.1),
+        kernel("psa", 0.3, 2.8, 0.02, 0.3),
+        kernel("block", 0.1, 5.5, 0.30, 0.1),  # dominated by psa 0.1 on both axes
+        kernel("block", 0.3, 3.0, 0.05, 0.3),
+        kernel("xattention", 0.1, 0.0, 0.0, 0.0, status="failed", error=f"out of memory: {EVIL}", error_kind="runtime"),
+        kernel("rectified", 0.1, 0.0, 0.0, 0.0, status="invalid", error="output contains NaN or Inf"),
+        kernel(f"{EVIL}|x", 0.3, 2.0, 0.5, 0.3),
+        kernel("psa", 0.2, 4.0, 0.04, 0.2, seq=110000, kv_seq=110000),  # a second shape
+    ]:
+        k.append(rec)
+    v = RunStore(tmp_path, "vbench-run", config={"command": "suite vbench"}, environment={**ENV, "gpu": "NVIDIA H200"})
+    for method, budget, speedup, psnr, lpips, total in [("dense", None, 1.0, 99.0, 0.0, 0.84), ("psa", 0.2, 1.8, 27.0, 0.08, 0.835), ("psa", 0.1, 2.4, 22.0, 0.2, 0.80), ("block", 0.1, 2.3, 19.0, 0.3, 0.79)]:
+        v.append(dict(suite="vbench", model="wan2.1-1.3b", num_frames=81, method=method, budget=budget, status="ok", speedup=speedup, psnr=psnr, ssim=psnr / 100, lpips=lpips, vbench_total=total,
+                      vbench={"motion_smoothness": total + 0.1, "subject_consistency": total + 0.05}, density=budget or 1.0, notes=["a", "b"], extra={"deep": {"x": 1}}))  # fmt: skip
+    m = RunStore(tmp_path, "vmme", config={"command": "suite videomme"}, environment=ENV)
+    for method, budget, acc, sp in [("dense", None, 0.62, 1.0), ("psa", 0.2, 0.61, 1.5), ("psa", 0.1, 0.55, 2.0), ("block", 0.2, 0.60, 1.4)]:
+        m.append({"suite": "videomme", "model": "qwen2.5-vl-7b", "method": method, "budget": budget, "status": "ok", "accuracy": acc, "accuracy.short": acc + 0.1, "speedup_prefill": sp, "density": budget or 1.0})
+    odd = RunStore(tmp_path, "odd", config={}, environment={})
+    odd.append({"method": "mystery", "rel_l2": "not a number", "speedup_total": [1, 2], "status": "ok"})  # no suite, junk values
+    odd.append({"suite": "other", "method": "m2", "score": 3.0})
+    return {"kern": k.path, "vbench": v.path, "vmme": m.path, "odd": odd.path}
+
+
+def _group(report, suite, contains=""):
+    return next(g for g in report.groups if g.suite == suite and contains in g.label)
+
+
+def test_each_suite_gets_its_own_metrics_and_frontier(runs):
+    report = build_report(list(runs.values()), plots=False)
+    assert {g.suite for g in report.groups} == {"kernel", "vbench", "videomme", "unknown", "other"}
+    kg = _group(report, "kernel", "L=32000")
+    assert (kg.quality.name, kg.quality.higher_is_better, kg.efficiency.name) == ("rel_l2", False, "speedup_total")
+    front = {(row[0], row[1]) for row in kg.frontier.rows}  # multi-run: run, method, budget
+    methods = {(r[1], r[2]) for r in kg.frontier.rows}
+    assert {"kern"} == {r for r, _ in front}
+    assert methods == {("cudnn (dense)", "-"), ("psa", "0.1"), ("psa", "0.3"), ("block", "0.3")}
+    assert kg.frontier.rows[0][1] == "psa" and kg.frontier.rows[0][2] == "0.1"  # best speedup first
+    assert _group(report, "kernel", "L=110000").frontier.rows[0][1] == "psa"
+    vg = _group(report, "vbench")
+    assert (vg.quality.name, vg.efficiency.name) == ("vbench_total", "speedup")
+    assert {(r[1], r[2]) for r in vg.frontier.rows} == {("dense", "-"), ("psa", "0.2"), ("psa", "0.1")}  # block 0.1 dominated
+    mg = _group(report, "videomme")
+    assert (mg.quality.name, mg.efficiency.name) == ("accuracy", "speedup_prefill")
+    assert {(r[1], r[2]) for r in mg.frontier.rows} == {("dense", "-"), ("psa", "0.2"), ("psa", "0.1")}
+    # Records with no usable metrics are listed, not analysed.
+    assert _group(report, "other").frontier is None and _group(report, "other").notes
+    # Failures with their reasons.
+    failures = {(r[2], r[4]): r[5] for r in report.failures.rows}
+    assert "out of memory" in failures[("xattention", "failed")] and "NaN" in failures[("rectified", "invalid")]
+    assert ("cells", "9 ok, 1 failed, 1 invalid") in report.swept or any(k == "cells" for k, _ in report.swept)
+
+
+def test_requested_metrics_apply_where_they_have_data(runs):
+    report = build_report([runs["kern"], runs["vbench"]], quality="lpips", plots=False)
+    vg, kg = _group(report, "vbench"), _group(report, "kernel")
+    assert vg.quality.name == "lpips" and not vg.quality.higher_is_better
+    assert kg.quality.name == "rel_l2" and any("lpips" in n for n in kg.notes)
+    dim = build_report([runs["vbench"]], quality="vbench.motion_smoothness", efficiency="density", plots=False)
+    g = dim.groups[0]
+    assert g.quality.name == "vbench.motion_smoothness" and g.quality.higher_is_better and not g.efficiency.higher_is_better
+    acc = build_report([runs["vmme"]], quality="accuracy.short", plots=False).groups[0]
+    assert acc.quality.name == "accuracy.short" and acc.quality.higher_is_better
+    with pytest.raises(SpbenchError, match="--quality nosuch: no cell has data"):
+        build_report([runs["kern"]], quality="nosuch", plots=False)
+    with pytest.raises(SpbenchError, match="score:higher or score:lower"):
+        build_report([runs["odd"]], quality="score", efficiency="score:lower", plots=False)
+    with pytest.raises(SpbenchError, match="must be higher or lower"):
+        M.parse_metric_spec("x:sideways")
+    assert M.lookup("vbench.aesthetic_quality", "vbench").higher_is_better
+    assert not M.lookup("lpips", "vbench").higher_is_better and not M.lookup("density", "videomme").higher_is_better
+
+
+def test_user_strings_are_escaped_and_the_page_is_self_contained(runs):
+    report = build_report([runs["kern"]])
+    html = render_html(report)
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    for external in ("src=\"http", "href=\"http", "<link", "url(", "@import", "<iframe"):
+        assert external not in html
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+    md = render_markdown(report)
+    assert "<script" not in md and "&lt;script&gt;" in md
+    assert "\\|x" in md  # a pipe in a value does not break the table
+    for line in md.splitlines():
+        if line.startswith("|"):
+            assert line.endswith("|")
+
+
+def test_write_report_files_formats_and_no_silent_overwrite(runs, tmp_path):
+    out = tmp_path / "reports"
+    written = write_report([runs["kern"]], out=out)
+    folder = out / "kern"
+    assert written == {"md": folder / "report.md", "html": folder / "index.html"}
+    md = written["md"].read_text()
+    pngs = sorted(p.name for p in folder.glob("*.png"))
+    assert len(pngs) == 4  # Pareto + curves for each of the two shapes
+    assert all(f"]({p})" in md for p in pngs)
+    assert "NVIDIA H100 80GB HBM3" in md and "abc123def" in md and "2.6.0" in md
+    with pytest.raises(SpbenchError, match="already exists"):
+        write_report([runs["kern"]], out=out)
+    only_html = write_report([runs["kern"]], out=out, formats="html", force=True)
+    assert set(only_html) == {"html"} and not (folder / "report.md").exists() and not list(folder.glob("*.png"))
+    with pytest.raises(SpbenchError, match="unknown report format"):
+        write_report([runs["kern"]], out=out, formats="pdf", force=True)
+    with pytest.raises(SpbenchError, match="may only contain"):
+        write_report([runs["kern"]], out=out, name="../escape")
+    with pytest.raises(SpbenchError, match="not a run folder"):
+        write_report([tmp_path / "reports"], out=out, name="x")
+
+
+def test_several_runs_side_by_side(runs, tmp_path):
+    from spbench.report.runs import load_runs
+
+    infos, _ = load_runs([runs["kern"], runs["vbench"]])
+    assert default_name(infos) == "compare-kern-vs-vbench-run"
+    report = build_report([runs["kern"], runs["vbench"]], plots=False)
+    assert report.runs_table.columns == ["run", "kern", "vbench-run"]
+    gpus = next(r for r in report.runs_table.rows if r[0] == "GPU")
+    assert gpus == ["GPU", "NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+
+
+def test_cli_report(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from spbench import cli
+
+    cli._register_commands()
+    result = CliRunner().invoke(cli.app, ["report", str(runs["kern"]), str(runs["vmme"]), "--out", str(tmp_path / "r"), "--format", "md", "--efficiency", "density"])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "r" / "compare-kern-vs-vmme" / "report.md").read_text()
+    assert "efficiency: `density` (lower is better)" in md
+    bad = CliRunner().invoke(cli.app, ["report", str(tmp_path / "nope")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
