@@ -50,6 +50,88 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
+def _tile(
+    t, acc, l_i, m_i, q, q_pos,
+    k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
+    idx_ptr, n_ent, n_rows, kv_len, qk_scale,
+    LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
+    BLOCK_N: tl.constexpr, D: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
+    IGNORE_INDEX: tl.constexpr,
+):
+    """Tile t of one level's entries; returns the updated softmax state.
+
+    ``TMA`` (only when ``BLOCK_N <= R``: contiguous tiles) loads K/V tiles with
+    tensor descriptors; rows past the end come back as zeros.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    if BLOCK_N <= R:
+        # A contiguous slice of one block.
+        first = t * BLOCK_N
+        if IGNORE_INDEX:  # diagnostics only: dense walk without the index load
+            blk = first // R
+        else:
+            blk = tl.load(idx_ptr + first // R)
+        row0 = blk * R + first % R
+        rows = row0 + offs_n
+        ok = rows < n_rows
+    else:
+        # BLOCK_N // R blocks packed into one tile through gathered rows.
+        g = t * BLOCK_N + offs_n
+        e = g // R
+        if MASKED:
+            blk = tl.load(idx_ptr + e, mask=e < n_ent, other=0)
+            ok = (e < n_ent) & (blk * R + g % R < n_rows)
+        else:
+            blk = tl.load(idx_ptr + e)
+            ok = e >= 0
+        rows = blk * R + g % R
+        row0 = 0
+    if TMA:
+        k = k_desc.load([row0, 0])
+    elif MASKED:
+        k = tl.load(k_ptr + rows[:, None] * stride_kn + offs_d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptr + rows[:, None] * stride_kn + offs_d[None, :])
+    if UPCAST:
+        k = k.to(tl.float32)
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if MASKED:
+        start = rows * LEVEL
+        size = tl.minimum(kv_len - start, LEVEL)
+        visible = ok[None, :]
+        if CAUSAL:
+            visible = visible & ((start + size - 1)[None, :] <= q_pos[:, None])
+        if LEVEL > 1:
+            bias = tl.log2(tl.maximum(size, 1).to(tl.float32))
+            s = qk * qk_scale + bias[None, :]
+        else:
+            s = qk * qk_scale
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+    else:
+        # Clean tile: +log2(p) folded into the row max and the shift.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + LOG2_LEVEL)
+        p = tl.math.exp2(qk * qk_scale + (LOG2_LEVEL - m_new)[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if TMA:
+        v = v_desc.load([row0, 0])
+    elif MASKED:
+        v = tl.load(v_ptr + rows[:, None] * stride_vn + offs_d[None, :], mask=ok[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptr + rows[:, None] * stride_vn + offs_d[None, :])
+    acc = acc * alpha[:, None]
+    if UPCAST:
+        acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc, input_precision=PREC)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attend_level(
     acc, l_i, m_i, q, q_pos,
     k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
@@ -58,73 +140,23 @@ def _attend_level(
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
+    WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
-    """Tiles t_lo..t_hi of one level's entries; returns the updated softmax state.
-
-    ``TMA`` (only when ``BLOCK_N <= R``: contiguous tiles) loads K/V tiles with
-    tensor descriptors; rows past the end come back as zeros.
-    """
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    for t in range(t_lo, t_hi):
-        if BLOCK_N <= R:
-            # A contiguous slice of one block.
-            first = t * BLOCK_N
-            blk = tl.load(idx_ptr + first // R)
-            rows = blk * R + first % R + offs_n
-            ok = rows < n_rows
-        else:
-            # BLOCK_N // R blocks packed into one tile.
-            g = t * BLOCK_N + offs_n
-            e = g // R
-            if MASKED:
-                blk = tl.load(idx_ptr + e, mask=e < n_ent, other=0)
-                ok = (e < n_ent) & (blk * R + g % R < n_rows)
-            else:
-                blk = tl.load(idx_ptr + e)
-                ok = e >= 0
-            rows = blk * R + g % R
-        if TMA:
-            k = k_desc.load([blk * R + first % R, 0])
-        elif MASKED:
-            k = tl.load(k_ptr + rows[:, None] * stride_kn + offs_d[None, :], mask=ok[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptr + rows[:, None] * stride_kn + offs_d[None, :])
-        if UPCAST:
-            k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if MASKED:
-            start = rows * LEVEL
-            size = tl.minimum(kv_len - start, LEVEL)
-            visible = ok[None, :]
-            if CAUSAL:
-                visible = visible & ((start + size - 1)[None, :] <= q_pos[:, None])
-            if LEVEL > 1:
-                bias = tl.log2(tl.maximum(size, 1).to(tl.float32))
-                s = qk * qk_scale + bias[None, :]
-            else:
-                s = qk * qk_scale
-            s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.math.exp2(s - m_new[:, None])
-        else:
-            # Clean tile: +log2(p) folded into the row max and the shift.
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + LOG2_LEVEL)
-            p = tl.math.exp2(qk * qk_scale + (LOG2_LEVEL - m_new)[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if TMA:
-            v = v_desc.load([blk * R + first % R, 0])
-        elif MASKED:
-            v = tl.load(v_ptr + rows[:, None] * stride_vn + offs_d[None, :], mask=ok[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptr + rows[:, None] * stride_vn + offs_d[None, :])
-        acc = acc * alpha[:, None]
-        if UPCAST:
-            acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc, input_precision=PREC)
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-        m_i = m_new
+    """Tiles t_lo..t_hi of one level (``WS``: ask Triton to warp-specialize the loop)."""
+    if WS:
+        for t in tl.range(t_lo, t_hi, warp_specialize=True):
+            acc, l_i, m_i = _tile(
+                t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
+                idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
+                MASKED, CAUSAL, PREC, UPCAST, TMA, IGNORE_INDEX,
+            )
+    else:
+        for t in range(t_lo, t_hi):
+            acc, l_i, m_i = _tile(
+                t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
+                idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
+                MASKED, CAUSAL, PREC, UPCAST, TMA, IGNORE_INDEX,
+            )
     return acc, l_i, m_i
 
 
@@ -134,7 +166,7 @@ def _walk_level(
     idx_ptr, n_ent, n_clean, n_rows, kv_len, qk_scale,
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
     """All entries of one level: clean tiles unmasked, then the rest masked."""
     n_full = (n_clean * R) // BLOCK_N
@@ -148,16 +180,18 @@ def _walk_level(
         v_desc = v_ptr
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, 0, n_full,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA, WS, IGNORE_INDEX,
     )
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, n_full, n_tiles,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA, False, IGNORE_INDEX,
     )
     return acc, l_i, m_i
 
 
-@triton.jit
+# Lengths and counts vary per call: no integer specialisation on them, so one
+# compiled kernel serves every sequence length (strides stay specialised).
+@triton.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width"])
 def _pyramid_fwd(
     Q, K1, V1, K2, V2, K4, V4, K8, V8,
     Out, Lse, RowScale, Comp, Idx, Count,
@@ -169,7 +203,7 @@ def _pyramid_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     CAUSAL: tl.constexpr, LEVEL_MASK: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_COMP: tl.constexpr, RETURN_LSE: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, USE_TMA: tl.constexpr,
+    UPCAST: tl.constexpr, USE_TMA: tl.constexpr, WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # longest rows first
@@ -204,7 +238,7 @@ def _pyramid_fwd(
             acc, l_i, m_i, q, q_pos,
             K1 + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h, V1 + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h,
             sk_l, sv_l, idx_row + start, n, tl.load(cnt + 4), kv_len, kv_len, qk_scale,
-            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
+            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
         )
         start += n
     if LEVEL_MASK & 2:
@@ -212,7 +246,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, D, D,
             idx_row + start, n, tl.load(cnt + 5), len2, kv_len, qk_scale,
-            2, 1.0, BLOCK_KV // 2, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
+            2, 1.0, BLOCK_KV // 2, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
         )
         start += n
     if LEVEL_MASK & 4:
@@ -220,7 +254,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D, D, D,
             idx_row + start, n, tl.load(cnt + 6), len4, kv_len, qk_scale,
-            4, 2.0, BLOCK_KV // 4, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
+            4, 2.0, BLOCK_KV // 4, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
         )
         start += n
     if LEVEL_MASK & 8:
@@ -228,7 +262,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, D, D,
             idx_row + start, n, tl.load(cnt + 7), len8, kv_len, qk_scale,
-            8, 3.0, BLOCK_KV // 8, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
+            8, 3.0, BLOCK_KV // 8, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
         )
 
     seen = l_i > 0.0
@@ -305,6 +339,7 @@ def run_plan(
     scale: float | None = None,
     return_lse: bool = False,
     pyramid: Pyramid | None = None,
+    _ignore_index: bool = False,
 ):
     """Run ``plan`` with the Triton kernel. Returns ``out`` (q's dtype) or ``(out, lse)``.
 
@@ -371,6 +406,7 @@ def run_plan(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, D=d,
             CAUSAL=plan.causal, LEVEL_MASK=sched.level_mask,
             HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse, PREC=prec, UPCAST=upcast, USE_TMA=use_tma,
+            WS=bool(cfg.WS) and use_tma, IGNORE_INDEX=_ignore_index,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 

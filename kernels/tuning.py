@@ -46,12 +46,14 @@ class KernelConfig:
     #: 1: load contiguous K/V tiles (a level whose block holds >= BLOCK_N
     #: pooled rows) with TMA tensor descriptors instead of pointer loads
     TMA: int = 0
+    #: 1: ask Triton to warp-specialize the unmasked TMA loops (experimental)
+    WS: int = 0
 
     def fits(self, block_q: int) -> bool:
         return self.BLOCK_M <= block_q and block_q % self.BLOCK_M == 0
 
     def label(self) -> str:
-        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA}"
+        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},WS={self.WS}"
 
 
 DEFAULT = KernelConfig()
@@ -108,7 +110,7 @@ def _checked(cfg: KernelConfig) -> KernelConfig:
         value = getattr(cfg, name)
         if value not in (16, 32, 64, 128, 256):
             raise SpbenchError(f"{name}={value} must be one of 16, 32, 64, 128, 256")
-    if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1):
+    if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1) or cfg.WS not in (0, 1):
         raise SpbenchError(f"bad num_warps/num_stages in {cfg.label()}")
     return cfg
 
