@@ -31,6 +31,9 @@ BUILTIN: dict[str, str] = {
     "rectified": "spbench.methods.rectified:Rectified",
     "token-sparse": "spbench.methods.token_sparse:TokenSparse",
     "levels": "spbench.methods.levels:Levels",
+    "block": "spbench.methods.block:BlockSparse",
+    "xattention": "spbench.methods.xattention:XAttention",
+    "psa": "spbench.methods.psa:PSA",
 }
 
 

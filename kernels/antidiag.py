@@ -1,0 +1,248 @@
+"""XAttention's antidiagonal block scores: Triton kernels and a PyTorch reference.
+
+For stride S, reshaped query row r pairs query positions r*S + S-1-i with
+reshaped key row c's positions c*S + i (i < S): their dot product is the sum
+of the antidiagonal of the S x S tile (r, c) of Q K^T. Those sums, scaled by
+``scale / S`` (scale = 1/sqrt(d) by default), are softmaxed per reshaped row
+in fp32, and the probabilities are summed inside each block_q x block_kv
+block and divided by the block's reshaped row count, so every block row of
+the score ``[B, Hq, NQ, NKV]`` sums to 1.
+
+Choices the paper leaves open:
+
+* Ragged lengths: Q and K are zero-padded to a multiple of S, so the last
+  reshaped row / column sums only the real pairs of its tile; there are
+  ceil(Lq/S) reshaped rows and ceil(Lk/S) columns.
+* Causal: reshaped entry (r, c) is masked when c > r (key tile after the
+  query tile; the diagonal tile is kept whole), top-left aligned like SDPA.
+* Block sizes must be multiples of S with block/S a power of two.
+
+The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
+
+1. ``_tile_lse``: one program per (64 or 128 reshaped rows, batch*head); it
+   loops over KV tiles, computes the scaled sums with S ``tl.dot`` calls of
+   head-dim depth, and writes, per (reshaped row, KV block), the
+   log-sum-exp of the row's entries in that block (base 2) plus the row's
+   overall log-sum-exp (online over the tiles). Causal tiles past the
+   program's last row are skipped.
+2. ``_block_sums``: one program per (query block, KV block range,
+   batch*head) turns those into probabilities exp2(lse_block - lse_row) and
+   sums them over the query block's rows.
+
+Scratch is ceil(Lq/S) x NKV fp32 per (batch, head); heads are processed in
+chunks so it stays under ``max_scratch_bytes``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def dot_in_fp32(x: torch.Tensor) -> bool:
+    """Upcast ``tl.dot`` operands to fp32 in the kernel?
+
+    Only for bfloat16 under TRITON_INTERPRET=1: the interpreter multiplies
+    bfloat16 bit patterns in ``tl.dot`` (triton-lang/triton#11584, "not
+    supported yet"). On the GPU bf16 goes to the tensor cores as is.
+    """
+    return x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_blocks(stride: int, block_q: int, block_kv: int) -> None:
+    """Raise ValueError unless both blocks are multiples of the stride with a power-of-two ratio."""
+    for name, block in (("block_q", block_q), ("block_kv", block_kv)):
+        if stride < 1 or block % stride or (block // stride) & (block // stride - 1):
+            raise ValueError(f"{name}={block} must be a multiple of stride={stride} with {name}/stride a power of two")
+
+
+@triton.jit
+def _tile_lse(
+    Q, K, LSE, ROW_LSE,
+    sqb, sqh, sql, sqd,
+    skb, skh, skl, skd,
+    bh0, hq, group, lq, lk, n_rows, n_cols, nkv, qk_scale,
+    STRIDE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, CPB: tl.constexpr, KPT: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    bh = bh0 + pid_bh
+    b = bh // hq
+    h = bh % hq
+    hk = h // group
+    BLOCK_N: tl.constexpr = CPB * KPT
+    # int64 positions: no 32-bit overflow on long sequences, and the
+    # interpreter skips its (slow) int32 overflow checks.
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+    dims = tl.arange(0, D).to(tl.int64)
+    col_offs = tl.arange(0, BLOCK_N).to(tl.int64)
+    # reshaped row r, term i reads query r*S + S-1-i: start from i = 0 and step back
+    q_last = rows * STRIDE + (STRIDE - 1)
+    q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + q_last[:, None] * sql + dims[None, :] * sqd
+    k_ptrs0 = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + (col_offs * STRIDE)[:, None] * skl + dims[None, :] * skd
+    lse_base = LSE + pid_bh.to(tl.int64) * n_rows * nkv
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    n_tiles = tl.cdiv(nkv, KPT)
+    if CAUSAL:
+        # columns after the program's last row are all masked
+        n_tiles = tl.minimum(n_tiles, (pid_m * BLOCK_M + BLOCK_M - 1) // BLOCK_N + 1)
+    for t in range(0, n_tiles):
+        cols = t * BLOCK_N + col_offs
+        k_ptrs = k_ptrs0 + (t * BLOCK_N * STRIDE) * skl
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        for i in tl.static_range(STRIDE):
+            qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
+            kt = tl.load(k_ptrs + i * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
+            if DOT_F32:
+                qt = qt.to(tl.float32)
+                kt = kt.to(tl.float32)
+            acc += tl.dot(qt, tl.trans(kt))
+        valid = (cols < n_cols)[None, :] & (rows < n_rows)[:, None]
+        if CAUSAL:
+            valid = valid & (cols[None, :] <= rows[:, None])
+        s = tl.where(valid, acc * qk_scale, float("-inf"))
+        s3 = tl.reshape(s, [BLOCK_M, KPT, CPB])
+        bmax = tl.max(s3, axis=2)
+        bmax_safe = tl.where(bmax == float("-inf"), 0.0, bmax)
+        bsum = tl.sum(tl.exp2(s3 - bmax_safe[:, :, None]), axis=2)
+        lse = tl.where(bmax == float("-inf"), float("-inf"), bmax_safe + tl.log2(tl.maximum(bsum, 1e-30)))
+        kvb = t * KPT + tl.arange(0, KPT).to(tl.int64)
+        tl.store(
+            lse_base + rows[:, None] * nkv + kvb[None, :],
+            lse,
+            mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :],
+        )
+        m_new = tl.maximum(m_i, tl.max(bmax, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(lse - m_safe[:, None]), axis=1)
+        m_i = m_new
+    row_lse = tl.where(m_i == float("-inf"), float("-inf"), m_i + tl.log2(tl.maximum(l_i, 1e-30)))
+    tl.store(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, row_lse, mask=rows < n_rows)
+
+
+@triton.jit
+def _block_sums(
+    LSE, ROW_LSE, OUT,
+    bh0, n_rows, nkv, nq,
+    RPB: tl.constexpr, CPB: tl.constexpr, BLOCK_J: tl.constexpr, CAUSAL: tl.constexpr,
+):
+    qb = tl.program_id(0)
+    pj = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    rows = qb * RPB + tl.arange(0, RPB).to(tl.int64)
+    js = pj * BLOCK_J + tl.arange(0, BLOCK_J).to(tl.int64)
+    row_ok = rows < n_rows
+    valid = row_ok[:, None] & (js < nkv)[None, :]
+    if CAUSAL:
+        # must match _tile_lse: a block whose first column is after the row was never written
+        valid = valid & ((js * CPB)[None, :] <= rows[:, None])
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * n_rows * nkv + rows[:, None] * nkv + js[None, :], mask=valid, other=float("-inf"))
+    row_lse = tl.load(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, mask=row_ok, other=0.0)
+    prob = tl.where(valid, tl.exp2(lse - row_lse[:, None]), 0.0)
+    n_valid = tl.minimum(n_rows - qb * RPB, RPB).to(tl.float32)
+    score = tl.sum(prob, axis=0) / n_valid
+    out_base = OUT + (bh0 + pid_bh).to(tl.int64) * nq * nkv + qb * nkv
+    tl.store(out_base + js, score, mask=js < nkv)
+
+
+def antidiagonal_scores(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    stride: int = 8,
+    block_q: int = 128,
+    block_kv: int = 128,
+    causal: bool = False,
+    scale: float | None = None,
+    max_scratch_bytes: int = 1 << 30,
+) -> torch.Tensor:
+    """Antidiagonal block scores with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``.
+
+    ``q`` ``[B, Hq, Lq, D]``, ``k`` ``[B, Hkv, Lk, D]`` (GQA: Hq a multiple
+    of Hkv, never repeated); same dtype; D a power of two >= 16.
+    """
+    check_blocks(stride, block_q, block_kv)
+    bsz, hq, lq, dim = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    if k.dtype != q.dtype:
+        raise ValueError(f"q and k must share a dtype, got {q.dtype} and {k.dtype}")
+    n_rows, n_cols = math.ceil(lq / stride), math.ceil(lk / stride)
+    nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
+    rpb, cpb = block_q // stride, block_kv // stride
+    kpt = max(1, 64 // cpb)  # KV blocks per tile: tiles of >= 64 reshaped columns
+    block_m = 128 if q.is_cuda else 64
+    block_m = max(block_m, 16)
+    qk_scale = (dim**-0.5 if scale is None else scale) / stride * LOG2E
+    out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
+    per_head = 4 * n_rows * (nkv + 1)
+    chunk = max(1, min(bsz * hq, max_scratch_bytes // per_head))
+    lse = torch.empty(chunk, n_rows, nkv, dtype=torch.float32, device=q.device)
+    row_lse = torch.empty(chunk, n_rows, dtype=torch.float32, device=q.device)
+    block_j = 64
+    for bh0 in range(0, bsz * hq, chunk):
+        n_bh = min(chunk, bsz * hq - bh0)
+        _tile_lse[(triton.cdiv(n_rows, block_m), n_bh)](
+            q, k, lse, row_lse,
+            *q.stride(), *k.stride(),
+            bh0, hq, hq // hkv, lq, lk, n_rows, n_cols, nkv, qk_scale,
+            STRIDE=stride, D=dim, BLOCK_M=block_m, CPB=cpb, KPT=kpt, CAUSAL=causal, DOT_F32=dot_in_fp32(q),
+            num_warps=8 if block_m >= 128 else 4,
+        )
+        _block_sums[(nq, triton.cdiv(nkv, block_j), n_bh)](
+            lse, row_lse, out, bh0, n_rows, nkv, nq,
+            RPB=rpb, CPB=cpb, BLOCK_J=block_j, CAUSAL=causal,
+        )
+    return out
+
+
+def antidiagonal_scores_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    stride: int = 8,
+    block_q: int = 128,
+    block_kv: int = 128,
+    causal: bool = False,
+    scale: float | None = None,
+    chunk_blocks: int = 16,
+) -> torch.Tensor:
+    """Plain-PyTorch antidiagonal block scores (same definition), fp32 ``[B, Hq, NQ, NKV]``.
+
+    Builds the reshaped Q (rows reversed within each group of S) and K
+    explicitly and materialises ``chunk_blocks`` query blocks' worth of the
+    reshaped score matrix at a time. Also the CPU fallback scorer.
+    """
+    check_blocks(stride, block_q, block_kv)
+    bsz, hq, lq, dim = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    group = hq // hkv
+    n_rows, n_cols = math.ceil(lq / stride), math.ceil(lk / stride)
+    nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
+    rpb, cpb = block_q // stride, block_kv // stride
+    scale = (dim**-0.5 if scale is None else scale) / stride
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qr = F.pad(q.to(acc), (0, 0, 0, n_rows * stride - lq)).view(bsz, hq, n_rows, stride, dim).flip(3)
+    qr = qr.reshape(bsz, hkv, group, n_rows, stride * dim)
+    kr = F.pad(k.to(acc), (0, 0, 0, n_cols * stride - lk)).view(bsz, hkv, n_cols, stride * dim)
+    out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
+    col = torch.arange(n_cols, device=q.device)
+    for qb0 in range(0, nq, chunk_blocks):
+        qb1 = min(nq, qb0 + chunk_blocks)
+        r0, r1 = qb0 * rpb, min(n_rows, qb1 * rpb)
+        s = torch.einsum("bgjrd,bgcd->bgjrc", qr[:, :, :, r0:r1], kr) * scale
+        if causal:
+            row = torch.arange(r0, r1, device=q.device)
+            s = s.masked_fill(col[None, :] > row[:, None], float("-inf"))
+        p = torch.softmax(s, dim=-1).reshape(bsz, hq, r1 - r0, n_cols)
+        p = F.pad(p, (0, nkv * cpb - n_cols, 0, (qb1 - qb0) * rpb - (r1 - r0)))
+        sums = p.view(bsz, hq, qb1 - qb0, rpb, nkv, cpb).sum((3, 5))
+        rows_in_block = torch.clamp(n_rows - torch.arange(qb0, qb1, device=q.device) * rpb, max=rpb)
+        out[:, :, qb0:qb1] = (sums / rows_in_block[:, None].to(sums.dtype)).float()
+    return out
