@@ -24,13 +24,13 @@ class RichProgress:
     def __init__(self) -> None:
         self.bar = Progress(
             SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(bar_width=30),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
-            TextColumn("elapsed"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            # Last, so a narrow terminal cuts the cell's description rather than the times.
+            TextColumn("[progress.description]{task.description}"),
             console=console,
             transient=False,
         )
@@ -125,6 +125,8 @@ def suite_kernel(
             raise SpbenchError(f"run {run_id!r} was started with a different sweep (differs in: {', '.join(diff)}); resume it as `{_resume_command(out, run_id)}`, or use a new --run-id")
     notes: list[str] = []
     cells = suite.plan_cells(sweep, notes)
+    if sweep.device.startswith("cuda") and sweep.warmup == 0:
+        notes.append("--warmup 0 on a GPU: the first timed call of each cell includes Triton compilation and autotuning")
     for note in notes:
         err_console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     method_cells = [pc for pc in cells if pc.role == "method"]

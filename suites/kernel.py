@@ -590,14 +590,3 @@ def run_sweep(
     outcome.seconds = clock() - t0
     return outcome
 
-
-def estimate_seconds(sweep: Sweep, n_cells: int, dense_ms_at_110k_40h: float = 440.0) -> float:
-    """A rough GPU time for the sweep, from dense cost scaled by L^2 * heads (for the help text)."""
-    total = 0.0
-    for seq in sweep.seq:
-        scale = (seq / 110_000) ** 2 * (sweep.heads or 40) / 40 * sweep.batch
-        dense_s = dense_ms_at_110k_40h / 1e3 * scale
-        calls = sweep.repeats + sweep.warmup
-        # dense backends x 3 + the baseline cell; each sparse cell ~ plan + run at ~40% of dense.
-        total += dense_s * calls * 4 + n_cells / max(1, len(sweep.seq)) * dense_s * 0.4 * (2 * calls + 1)
-    return total

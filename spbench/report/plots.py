@@ -155,7 +155,7 @@ def curves_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
         ax.set_xlabel("budget (target density)")
         ax.set_ylabel(_axis_label(metric))
         ax.grid(True, alpha=0.3)
-    return _finish(fig, axes, 1, len(panels), 4.0, 3.3, title, wspace=0.3, hspace=0.0)
+    return _finish(fig, axes, 1, len(panels), 3.3, 2.9, title, wspace=0.34, hspace=0.0)
 
 
 def _finish(fig, axes, nrows: int, ncols: int, panel_w: float, panel_h: float, title: str, wspace: float, hspace: float) -> bytes:
