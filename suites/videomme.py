@@ -359,7 +359,8 @@ def selected_runs(sweep: VideoMMESweep) -> list[tuple[str, float | None, dict[st
 def plan_cells(sweep: VideoMMESweep, data: PreparedData) -> list[VideoCell]:
     """The dense baseline, then every method x budget (see :func:`selected_runs`)."""
     cells = [VideoCell("dense", None, {}, "baseline")]
-    cells += [VideoCell(m, budget, params, "method") for m, budget, params in selected_runs(sweep)]
+    # "dense" named explicitly (without knobs) is the baseline itself, not a second cell.
+    cells += [VideoCell(m, budget, params, "method") for m, budget, params in selected_runs(sweep) if (m, budget, params) != ("dense", None, {})]
     unique: dict[str, VideoCell] = {}
     for cell in cells:
         cell.key = cell_key(cell_config(sweep, data, cell.method, cell.budget, cell.params, cell.role))
