@@ -118,13 +118,14 @@ def suite_kernel(
             raise SpbenchError(f"run {run_id!r} in {out} exists but has no {suite.SWEEP_FILE} (not a kernel suite run): choose another --run-id")
         stored = suite.resolve_sweep(suite.load_config(run_dir / suite.SWEEP_FILE))
     file_values = suite.load_config(config) if config else (suite.load_config(run_dir / suite.SWEEP_FILE) if resuming else {})
-    sweep = suite.resolve_sweep(file_values, cli_values)
+    requested = suite.resolve_sweep(file_values, cli_values)
+    notes: list[str] = []
+    cells = suite.plan_cells(requested, notes)
+    sweep = suite.pin_methods(requested, cells)  # "all" and globs saved as the names they selected
     if stored is not None:
         diff = suite.sweep_differences(stored, sweep)
         if diff:
             raise SpbenchError(f"run {run_id!r} was started with a different sweep (differs in: {', '.join(diff)}); resume it as `{_resume_command(out, run_id)}`, or use a new --run-id")
-    notes: list[str] = []
-    cells = suite.plan_cells(sweep, notes)
     if sweep.device.startswith("cuda") and sweep.warmup == 0:
         notes.append("--warmup 0 on a GPU: the first timed call of each cell includes Triton compilation and autotuning")
     for note in notes:
@@ -144,7 +145,7 @@ def suite_kernel(
         console.print(suite.dump_toml(sweep), markup=False, highlight=False)
         return
 
-    store = RunStore(out, run_id, label="kernel-suite", config={"command": "suite kernel", "sweep": sweep.to_dict()})
+    store = RunStore(out, run_id, label="kernel-suite", config={"command": "suite kernel", "sweep": sweep.to_dict(), "methods_requested": requested.methods})
     if not (store.path / suite.SWEEP_FILE).exists():
         _write_atomic(store.path / suite.SWEEP_FILE, suite.dump_toml(sweep))
     console.print(f"run {store.run_id} in {store.path}" + (" (resumed)" if store.resumed else ""), highlight=False)

@@ -21,8 +21,11 @@ in a results run (``spbench.results.RunStore``). Choices, documented:
   ``+`` composes (``token-sparse+*`` = token-sparse around every other
   sparse method). A dense method named explicitly runs once per shape, with
   no budget. A method that does not support a shape (head dim) is skipped
-  with a note when it came from ``all`` or a glob, and is an error when it
-  was named.
+  there with a note; one that supports none of the shapes is dropped with a
+  note when it came from ``all`` or a glob, and is an error when it was
+  named. The sweep saved with the run lists the methods the patterns
+  resolved to (:func:`pin_methods`), so repeating it from its file runs the
+  same methods even after new ones are registered.
 * **Knobs.** ``--param name=value`` goes to every selected method that has
   that knob (an error if none has it); ``--param method.name=value`` to one
   method only. Bad knobs are errors before any work.
@@ -470,12 +473,13 @@ def plan_cells(sweep: Sweep, notes: list[str] | None = None) -> list[PlannedCell
                         try:
                             validate(cell)
                         except SpbenchError as exc:
-                            if explicit[m]:
-                                raise
-                            skipped.setdefault(m, []).append(f"d={head_dim}: {exc}")
+                            skipped.setdefault(m, []).append(str(exc))
                             break
                         cells.append(PlannedCell(cell, "method", cell.key()))
+    planned = {pc.cell.method for pc in cells}
     for m, why in skipped.items():
+        if m not in planned and explicit[m]:
+            raise SpbenchError(why[0])
         notes.append(f"skipped {m} on {len(why)} shape(s): {why[0]}")
     seen: set[str] = set()
     unique = []
@@ -484,6 +488,12 @@ def plan_cells(sweep: Sweep, notes: list[str] | None = None) -> list[PlannedCell
             seen.add(pc.key)
             unique.append(pc)
     return unique
+
+
+def pin_methods(sweep: Sweep, cells: list[PlannedCell]) -> Sweep:
+    """The sweep with ``methods`` = the canonical names that got cells (what to save and compare)."""
+    names = list(dict.fromkeys(pc.cell.method for pc in cells if pc.role == "method"))
+    return replace(sweep, methods=names or list(sweep.methods))
 
 
 # -- running ---------------------------------------------------------------------

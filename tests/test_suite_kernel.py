@@ -212,6 +212,10 @@ def test_every_registered_sparse_method_runs_in_a_sweep(cli, tmp_path):
     recs = _records(tmp_path / "all")
     assert sorted(r["method"] for r in recs if r["role"] == "method") == sorted(names)
     assert all(r["status"] in ("ok", "failed", "invalid") for r in recs)
+    # The same command again resumes (nothing left to do): `all` was saved as the names it selected.
+    again = cli("suite", "kernel", "--methods", "all", "--budgets", "0.25", *shape, "--out", tmp_path, "--run-id", "all")
+    assert again.exit_code == 0 and "0 cells measured" in again.output, again.output
+    assert suite.load_config(tmp_path / "all" / "sweep.toml")["methods"] == sorted(names)
     assert cli("report", tmp_path / "all", "--out", tmp_path / "reports").exit_code == 0
     assert (tmp_path / "reports" / "all" / "index.html").exists()
 
@@ -266,8 +270,10 @@ def test_time_cap_stops_between_cells_and_resumes(toys, tmp_path):
 
 
 def test_max_minutes_option_and_dry_run(cli, toys, tmp_path):
-    dry = cli("suite", "kernel", "--methods", "toy-sparse", "--budgets", "0.1,0.2", *SHAPE, "--out", tmp_path, "--dry-run")
+    dry = cli("suite", "kernel", "--methods", "toy-s*,toy-d32", "--budgets", "0.1,0.2", *SHAPE, "--head-dim", "32,64", "--out", tmp_path, "--dry-run")
     assert dry.exit_code == 0 and "toy-sparse b=0.1" in dry.output and "budgets = [0.1, 0.2]" in dry.output
+    # The saved sweep lists what the patterns selected; a named method skips the shapes it does not support.
+    assert 'methods = ["toy-sparse", "toy-d32"]' in dry.output and "skipped toy-d32 on 1 shape(s)" in dry.output
     assert not any(tmp_path.iterdir())
     bad = cli("suite", "kernel", "--methods", "toy-sparse", *SHAPE, "--out", tmp_path, "--max-minutes", "0")
     assert bad.exit_code == 2

@@ -72,6 +72,8 @@ class RunInfo:
             else:
                 text = str(value)
             rows.append((key, text))
+        if config.get("methods_requested") and config["methods_requested"] != body.get("methods"):
+            rows.append(("methods requested", ", ".join(map(str, config["methods_requested"]))))
         return rows
 
 
