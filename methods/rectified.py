@@ -294,16 +294,17 @@ class Rectified(Method):
         compensation = grouped_apply(weights[..., :nkv].contiguous(), vm)
         levels = critical.to(torch.int8)
 
-        vis_pairs = visible.sum() * bsz * hq
-        dense_flops = attention_flops(bsz, hq, q_len, kv_len, dim, self.causal)
+        vis_pairs = visible.sum().double() * bsz * hq
+        counts = torch.stack([critical.sum(), compensated.sum()]).double() / vis_pairs
+        shares = torch.cat([counts, row_scale.mean().double()[None]]).tolist()  # one device sync
         stats = {
             "keep_fraction": self.keep_fraction(),
             "p": p,
-            "critical_fraction": float(critical.sum() / vis_pairs),
-            "compensated_fraction": float(compensated.sum() / vis_pairs),
-            "dropped_fraction": float((visible & ~critical & ~compensated).sum() / vis_pairs),
-            "mean_row_scale": float(row_scale.mean()),
-            "compensation_flop_ratio": 2.0 * bsz * hq * nq * nkv * v.shape[-1] / dense_flops,
+            "critical_fraction": shares[0],
+            "compensated_fraction": shares[1],
+            "dropped_fraction": max(0.0, 1.0 - shares[0] - shares[1]),
+            "mean_row_scale": shares[2],
+            "compensation_flop_ratio": 2.0 * bsz * hq * nq * nkv * v.shape[-1] / attention_flops(bsz, hq, q_len, kv_len, dim, self.causal),
         }
         extras = {"row_scale": row_scale.float().contiguous(), "compensation": compensation.float().contiguous()}
         return Plan.from_levels(levels, q_len, kv_len, block, block, self.causal, extras=extras, stats=stats)

@@ -240,8 +240,9 @@ class TokenSparse(Method):
             return self._plan_whole(q, k, v, rule)
 
         # Per KV head top-K with the window forced in, then ascending positions.
+        # (A segmented sort, not topk: K is most of L, where sorting is the fast path on GPUs.)
         ranked = scores.index_fill(-1, pos, float("inf"))
-        index = torch.topk(ranked, kept, dim=-1, sorted=False).indices
+        index = torch.sort(ranked, dim=-1, descending=True, stable=True).indices[..., :kept]
         index = torch.sort(index, dim=-1).values  # [B, Hkv, K]
 
         if self.inner.sparse:

@@ -266,6 +266,7 @@ def test_composes_with_other_planners(inner):
     kept = plan.stats["kept_tokens"]
     assert kept < 2048
     assert plan.density == pytest.approx(plan.extras["inner_plan"].density * (kept / 2048) ** 2)
+    assert abs(plan.density - 0.2) <= 0.2 * 0.2  # the inner planner meets its share of the budget
     out = m.run(q, k, v, plan)
     assert out.shape == q.shape and torch.isfinite(out).all()
 
