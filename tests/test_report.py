@@ -45,7 +45,11 @@ def runs(tmp_path) -> dict[str, Path]:
     v = RunStore(tmp_path, "vbench-run", config={"command": "suite vbench"}, environment={**ENV, "gpu": "NVIDIA H200"})
     for method, budget, speedup, psnr, lpips, total in [("dense", None, 1.0, 99.0, 0.0, 0.84), ("psa", 0.2, 1.8, 27.0, 0.08, 0.835), ("psa", 0.1, 2.4, 22.0, 0.2, 0.80), ("block", 0.1, 2.3, 19.0, 0.3, 0.79)]:
         v.append(dict(suite="vbench", model="wan2.1-1.3b", num_frames=81, method=method, budget=budget, status="ok", speedup=speedup, psnr=psnr, ssim=psnr / 100, lpips=lpips, vbench_total=total,
-                      vbench={"motion_smoothness": total + 0.1, "subject_consistency": total + 0.05}, density=budget or 1.0, notes=["a", "b"], extra={"deep": {"x": 1}}))  # fmt: skip
+                      vbench={"motion_smoothness": total + 0.1, "subject_consistency": total + 0.05}, density=budget or 1.0, notes=["a", "b"], extra={"deep": {"x": 1}}, record_type="summary"))  # fmt: skip
+    # Per-video and per-dimension records beside the summaries must not become points.
+    v.append(dict(suite="vbench", model="wan2.1-1.3b", num_frames=81, method="block", budget=0.1, status="ok", record_type="video", speedup=9.0, psnr=60.0, vbench_total=0.99, density=0.1))
+    v.append(dict(suite="vbench", model="wan2.1-1.3b", num_frames=81, method="psa", budget=0.1, status="ok", record_type="dimension", **{"vbench.motion_smoothness": 0.99}))
+    v.append(dict(suite="vbench", model="wan2.1-1.3b", num_frames=81, method="psa", budget=0.2, status="failed", record_type="video", error="CUDA out of memory in the VAE"))
     m = RunStore(tmp_path, "vmme", config={"command": "suite videomme"}, environment=ENV)
     for method, budget, acc, sp in [("dense", None, 0.62, 1.0), ("psa", 0.2, 0.61, 1.5), ("psa", 0.1, 0.55, 2.0), ("block", 0.2, 0.60, 1.4)]:
         m.append({"suite": "videomme", "model": "qwen2.5-vl-7b", "method": method, "budget": budget, "status": "ok", "accuracy": acc, "accuracy.short": acc + 0.1, "speedup_prefill": sp, "density": budget or 1.0})
@@ -73,6 +77,7 @@ def test_each_suite_gets_its_own_metrics_and_frontier(runs):
     vg = _group(report, "vbench")
     assert (vg.quality.name, vg.efficiency.name) == ("vbench_total", "speedup")
     assert {(r[1], r[2]) for r in vg.frontier.rows} == {("dense", "-"), ("psa", "0.2"), ("psa", "0.1")}  # block 0.1 dominated
+    assert any("summary records analysed" in n for n in vg.notes) and len(vg.cells.rows) == 4
     mg = _group(report, "videomme")
     assert (mg.quality.name, mg.efficiency.name) == ("accuracy", "speedup_prefill")
     assert {(r[1], r[2]) for r in mg.frontier.rows} == {("dense", "-"), ("psa", "0.2"), ("psa", "0.1")}
@@ -81,6 +86,7 @@ def test_each_suite_gets_its_own_metrics_and_frontier(runs):
     # Failures with their reasons.
     failures = {(r[2], r[4]): r[5] for r in report.failures.rows}
     assert "out of memory" in failures[("xattention", "failed")] and "NaN" in failures[("rectified", "invalid")]
+    assert "VAE" in failures[("psa", "failed")]
     assert ("cells", "9 ok, 1 failed, 1 invalid") in report.swept or any(k == "cells" for k, _ in report.swept)
 
 

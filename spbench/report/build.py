@@ -43,7 +43,7 @@ FORMATS = ("md", "html")
 #: Columns that define a group (a shape) per suite; those missing from the records are ignored.
 GROUP_COLUMNS = {
     "kernel": ("workload", "seq", "kv_seq", "batch", "heads", "kv_heads", "head_dim", "dtype", "causal"),
-    "vbench": ("model", "prompt_set", "num_frames", "height", "width", "steps"),
+    "vbench": ("model", "height", "width", "frames", "num_frames", "steps", "guidance"),
     "videomme": ("model", "subset", "max_frames", "frames", "duration"),
 }
 GENERATED_FILES = ("report.md", "index.html")
@@ -316,11 +316,12 @@ def build_report(paths: list[str | Path], name: str | None = None, quality: str 
         for idx in rows.index:
             labels[idx] = label
         gid = f"g{i:02d}-{slug(label, 50)}"
-        ok = rows[rows["status"] == "ok"]
+        group_notes: list[str] = []
+        ok = _analysed(rows[rows["status"] == "ok"], group_notes)
         q, q_note = M.choose(ok, suite, "quality", quality)
         e, e_note = M.choose(ok, suite, "efficiency", efficiency)
         counts = {str(k): int(v) for k, v in rows["status"].value_counts().items()}
-        group = Group(gid, suite, label, q, e, counts, notes=[n for n in (q_note, e_note) if n])
+        group = Group(gid, suite, label, q, e, counts, notes=group_notes + [n for n in (q_note, e_note) if n])
         present_runs = [r for r in run_ids if (rows["run_id"] == r).any()]
         if q is None or e is None:
             missing = "quality" if q is None else "efficiency"
@@ -356,6 +357,20 @@ def build_report(paths: list[str | Path], name: str | None = None, quality: str 
         failures=_failures(frame, labels, multi),
         notes=notes,
     )
+
+
+def _analysed(ok: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The rows to plot: a suite's summary records when it writes per-item records beside them.
+
+    (vbench records each video and each VBench dimension, then one
+    ``record_type="summary"`` per method x budget that aggregates them.)
+    """
+    if "record_type" in ok.columns and (ok["record_type"] == "summary").any():
+        summary = ok[ok["record_type"] == "summary"]
+        if len(summary) < len(ok):
+            notes.append(f"{len(summary)} summary records analysed; the {len(ok) - len(summary)} per-video/per-dimension records they aggregate are left out")
+        return summary
+    return ok
 
 
 def _check_requested(frame: pd.DataFrame, quality: str | None, efficiency: str | None) -> None:
