@@ -30,25 +30,26 @@ Choices the papers leave open (documented here, exposed as knobs):
 * ``drop_rate`` default 0.8; the released configurations use 0.75 to 0.85
   depending on the model (lower keeps more blocks).
 * Budget mapping: with ``budget`` b and no explicit ``drop_rate``/``p``, the
-  planner keeps top_k = b * visible blocks per row (by area: a causal
-  diagonal block costs about half a block, so a causal row gets that half
-  back) and disables the cumulative-p rule (p = 0), because that rule only
-  ever adds blocks and would overshoot on rows with flat scores. The per-row
-  top_k is
-  error-diffused over query blocks (row counts alternate floor/ceil) so the
-  mean matches b even with few blocks. Forced blocks count toward top_k, so
-  the density can only exceed b where the forced set alone is larger
-  (a small grid, many text blocks). Explicitly given ``drop_rate`` or ``p``
-  win over the budget.
+  planner keeps top_k = b * visible blocks per row, measured by area (a
+  causal diagonal block costs about half a block, so a causal row gets that
+  half back), and disables the cumulative-p rule (p = 0), because that rule
+  only ever adds blocks and would overshoot on rows with flat scores. The
+  per-row top_k is error-diffused over query blocks (row counts alternate
+  floor/ceil) so the mean matches b even with few blocks; a row keeps at
+  least one block, so b below 1/(blocks per row) overshoots. Forced blocks
+  count toward top_k, so the density exceeds b only where the forced set
+  alone is larger (a small grid, many text blocks). Explicitly given
+  ``drop_rate`` or ``p`` win over the budget.
 * Text queries (``text_len`` > 0): every query block that holds a text token
   attends densely (all KV blocks critical, R = 1, no compensation). Key
   blocks holding any text token are always critical; in a block that mixes
   the last visual tokens with text, the visual part is pooled for scoring
   only. ``text_len`` requires self-attention and is not combined with causal.
 * 3-D neighbours (``grid`` "TxHxW", visual tokens in raster order t, h, w;
-  T*H*W = visual length, or the last frame partly filled): KV block j is a neighbour of query block i when
-  some token of i and some token of j are adjacent in the 26-neighbourhood
-  (each of |dt|, |dh|, |dw| <= 1, the token itself included).
+  T*H*W = visual length, or the last frame partly filled): KV block j is a
+  neighbour of query block i when some token of i and some token of j are
+  adjacent in the 26-neighbourhood (each of |dt|, |dh|, |dw| <= 1, the token
+  itself included). Neighbours are forced critical.
 * Causal: scores cover the visible blocks only, the partly visible diagonal
   block is forced critical, and only blocks that every query of the row can
   see fully (strictly below the diagonal) are compensated.
