@@ -165,3 +165,18 @@ def test_response_cache_identity_differs_by_method_budget_and_knob(assets, tmp_p
         keys.add(compute_cache_key("generate_until", "spbench_videomme", 0, {"max_new_tokens": 16}, model_fingerprint_hash=cache._model_fingerprint_hash))
         cache.close()
     assert len(hashes) == len(cells) and len(keys) == len(cells)
+
+
+def test_simple_wrapper_class_answers(assets):
+    from lmms_eval.api.instance import Instance
+
+    from spbench.integrations.lmms.model import SparseQwen2_5_VLSimple
+
+    model, data = assets
+    lm = SparseQwen2_5_VLSimple(pretrained=str(model), method="dense", device="cpu", device_map="cpu", dtype="float32", max_num_frames=FRAMES, max_pixels=PIXELS, min_pixels=PIXELS)
+    lm.task_dict = {"t": {"test": [{"p": str(data / "data" / "synthetic001.mp4")}]}}
+    gen = {"max_new_tokens": 2, "until": ["\n\n"]}
+    req = Instance(request_type="generate_until", arguments=("Which colour?", gen, lambda d: [d["p"]], 0, "t", "test"), idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+    assert len(lm.generate_until([req])) == 1
+    (rec,) = lm.spbench.records
+    assert rec.tag == [{"task": "t", "doc_id": 0}] and rec.sparse_calls == 2

@@ -139,6 +139,8 @@ def _init(self, cls, pretrained: str, method: str | None, budget: Any, dtype: An
     if not method:
         raise SpbenchError("spbench_qwen2_5_vl needs method=NAME in model_args (e.g. method=dense or method=xattention)")
     stock, knobs = split_model_args(kwargs)
+    if str(knobs.pop("causal", True)).lower() in ("false", "0", "no", "off"):
+        raise SpbenchError("causal=false: the language model is causal")
     # Fail on a bad method or knob before spending minutes loading weights.
     from spbench.registry import get_method
 
