@@ -92,6 +92,7 @@ def suite_kernel(
     out: str = typer.Option("results", "--out", help="results root: the run goes to OUT/<run-id>/"),
     run_id: Optional[str] = typer.Option(None, help="run id; an existing one is resumed (its recorded cells are skipped)"),
     max_minutes: Optional[float] = typer.Option(None, help="stop between cells before this much wall time is spent (resumable)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="on resume, measure failed and invalid cells again (reports keep the newest record of a cell)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and exit without running anything"),
 ) -> None:
     """Sweep methods x budgets x shapes; every cell is recorded, failures too; re-running the run id resumes.
@@ -152,7 +153,7 @@ def suite_kernel(
     started = time.monotonic()
     try:
         with RichProgress() as progress:
-            outcome = suite.run_sweep(cells, store, progress, max_seconds=max_minutes * 60 if max_minutes else None)
+            outcome = suite.run_sweep(cells, store, progress, max_seconds=max_minutes * 60 if max_minutes else None, retry_failed=retry_failed)
     except KeyboardInterrupt:
         recorded = len(store.done_keys() & {pc.key for pc in cells})
         err_console.print(
@@ -166,9 +167,16 @@ def suite_kernel(
         f"{outcome.ran} cells measured in {outcome.seconds:.0f} s ({counts}); {outcome.already_done} were already recorded.",
         highlight=False,
     )
-    if outcome.stopped:
-        left = len(cells) - outcome.already_done - outcome.ran
+    left = len(cells) - outcome.already_done - outcome.ran
+    if outcome.stopped == "time cap":
         console.print(f"[yellow]stopped at the --max-minutes cap[/yellow] with {left} cells left. Resume with:\n  {escape(_resume_command(out, store.run_id))}", highlight=False)
+    elif outcome.stopped == "device error":
+        err_console.print(
+            f"[red]stopped: the GPU is unusable in this process after a failed cell[/red] ({escape(outcome.detail or '')}); "
+            f"{left} cells left. The failed cell is recorded; a new process resumes with:\n  {escape(_resume_command(out, store.run_id))}",
+            highlight=False,
+        )
+        raise typer.Exit(1)
     console.print(f"results: {escape(str(store.path))}\nreport:  spbench report {escape(shlex.quote(str(store.path)))}", highlight=False)
 
 

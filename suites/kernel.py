@@ -534,7 +534,8 @@ class SweepOutcome:
     already_done: int
     ran: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    stopped: str | None = None  # why the sweep stopped early ("time cap"), None when complete
+    stopped: str | None = None  # why the sweep stopped early ("time cap", "device error"), None when complete
+    detail: str | None = None
     seconds: float = 0.0
 
 
@@ -550,18 +551,40 @@ class SweepProgress:
     def note(self, text: str) -> None: ...
 
 
+def device_error(device) -> str | None:
+    """None while the device still works, else the error that broke it (CUDA errors are sticky)."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    try:
+        torch.cuda.synchronize(device)
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as exc:  # noqa: BLE001 - any failure here means the context is gone
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return None
+
+
 def run_sweep(
     cells: list[PlannedCell],
     store,
     progress: SweepProgress | None = None,
     max_seconds: float | None = None,
     clock: Callable[[], float] = time.monotonic,
+    retry_failed: bool = False,
 ) -> SweepOutcome:
-    """Run the cells not yet recorded in ``store``, shape by shape."""
+    """Run the cells not yet recorded in ``store``, shape by shape.
+
+    ``retry_failed`` measures failed and invalid cells again (their new
+    records supersede the old ones in reports). After a failed cell on a
+    GPU the device is checked: a CUDA error that poisons the process's
+    context (an illegal memory access) would fail every later cell, so the
+    sweep stops instead (``stopped="device error"``); a new process resumes.
+    """
     from spbench.bench import _free, make_inputs, resolve_device
 
     progress = progress or SweepProgress()
-    done = store.done_keys()
+    done = store.done_keys(include_failed=not retry_failed)
     pending = [pc for pc in cells if pc.key not in done]
     outcome = SweepOutcome(total=len(cells), already_done=len(cells) - len(pending))
     progress.start(outcome.total, outcome.already_done)
@@ -593,8 +616,14 @@ def run_sweep(
             outcome.ran += 1
             outcome.counts[record["status"]] = outcome.counts.get(record["status"], 0) + 1
             progress.cell_finished(pc, record)
+            if record["status"] == "failed":
+                broken = device_error(device)
+                if broken:
+                    outcome.stopped, outcome.detail = "device error", broken
+                    break
         del inputs
-        _free(device)
+        if outcome.stopped != "device error":
+            _free(device)
         if outcome.stopped:
             break
     outcome.seconds = clock() - t0

@@ -9,6 +9,7 @@ composes (``toy-wrap+toy-sparse``).
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -53,6 +54,8 @@ class ToySparse(Method):
         sleep = float(self.params["sleep"])
         if sleep:
             time.sleep(sleep)
+        if os.environ.get("SPBENCH_TOY_FAIL"):
+            raise RuntimeError("simulated transient failure")
         if budget < self.params["fail_below"]:
             raise RuntimeError("CUDA out of memory. Tried to allocate 80.00 GiB (simulated by the toy method)")
         out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=q.shape[1] != k.shape[1])

@@ -279,3 +279,30 @@ def test_max_minutes_option_and_dry_run(cli, toys, tmp_path):
     assert bad.exit_code == 2
     capped = cli("suite", "kernel", "--methods", "toy-sparse", "--budgets", "0.1,0.2", *SHAPE, "--out", tmp_path, "--run-id", "m", "--max-minutes", "0.0001")
     assert capped.exit_code == 0 and "--max-minutes cap" in capped.output and "--run-id m" in capped.output
+
+
+def test_retry_failed_and_reports_keep_the_newest_record(toys, tmp_path, monkeypatch):
+    from spbench.report.build import build_report
+
+    sweep = suite.resolve_sweep(cli_values=dict(methods="toy-sparse", budgets="0.2,0.6", seq="128", heads=1, head_dim="32", device="cpu", repeats=1, warmup=0))
+    cells = suite.plan_cells(sweep)
+    monkeypatch.setenv("SPBENCH_TOY_FAIL", "1")
+    first = suite.run_sweep(cells, RunStore(tmp_path, "retry", environment={}))
+    assert first.counts == {"ok": 1, "failed": 2}  # the baseline runs, the toy cells fail
+    monkeypatch.delenv("SPBENCH_TOY_FAIL")
+    assert suite.run_sweep(cells, RunStore(tmp_path, "retry", environment={})).ran == 0  # failures count as done
+    again = suite.run_sweep(cells, RunStore(tmp_path, "retry", environment={}), retry_failed=True)
+    assert again.ran == 2 and again.counts == {"ok": 2}
+    report = build_report([tmp_path / "retry"], plots=False)
+    assert not report.failures.rows and len(report.groups[0].cells.rows) == 3
+
+
+def test_a_broken_gpu_context_stops_the_sweep(toys, tmp_path, monkeypatch):
+    sweep = suite.resolve_sweep(cli_values=dict(methods="toy-sparse", budgets="0.1,0.2,0.3", seq="128", heads=1, head_dim="32", device="cpu", repeats=1, warmup=0, params={"fail_below": 0.15}))
+    cells = suite.plan_cells(sweep)
+    monkeypatch.setattr(suite, "device_error", lambda device: "CUDA error: an illegal memory access was encountered")
+    outcome = suite.run_sweep(cells, RunStore(tmp_path, "sticky", environment={}))
+    assert outcome.stopped == "device error" and "illegal memory access" in outcome.detail
+    assert outcome.ran == 2 and outcome.counts == {"ok": 1, "failed": 1}  # stopped right after the failing cell
+    monkeypatch.undo()
+    assert suite.device_error(__import__("torch").device("cpu")) is None

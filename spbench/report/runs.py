@@ -110,6 +110,11 @@ def load_runs(paths: list[str | Path]) -> tuple[list[RunInfo], Any]:
     if frame.empty:
         frame = pd.DataFrame(columns=["run_id", "suite", "method", "status"])
     frame = normalise(frame, runs)
+    if "cell_key" in frame.columns:
+        # A cell measured again (`--retry-failed`) keeps only its newest record.
+        keyed = frame["cell_key"].notna()
+        stale = keyed & frame.duplicated(subset=["run_id", "cell_key"], keep="last")
+        frame = frame[~stale].reset_index(drop=True)
     return runs, frame
 
 
