@@ -35,8 +35,8 @@ in a results run (``spbench.results.RunStore``). Choices, documented:
   are all recorded is not even generated. A killed process loses at most
   the cell in flight; Ctrl-C (``KeyboardInterrupt``) propagates to the CLI.
 * **Time cap.** ``max_seconds`` stops between cells: before a cell, when the
-  time already spent, plus the duration of the previous cell of the same
-  shape, would pass the cap. The run stays resumable.
+  time already spent plus the longest cell so far (a conservative guess of
+  the next one) would pass the cap. The run stays resumable.
 * **Config.** A sweep is a :class:`Sweep`: defaults, then a TOML file, then
   the CLI options that were given (each given option replaces the file's
   value; ``--param`` values are merged key by key). The resolved sweep goes
@@ -593,6 +593,7 @@ def run_sweep(
     for pc in pending:
         shapes.setdefault(str(sorted(pc.cell.shape_key().items())), []).append(pc)
     index = outcome.already_done
+    longest = 0.0
     for group in shapes.values():
         first = group[0].cell
         device = resolve_device(first.device)
@@ -602,17 +603,16 @@ def run_sweep(
             progress.note(f"could not build the inputs of {group[0].describe().split('  ', 1)[1]}: {exc}")
             inputs = None
         dense_cache: dict[str, Any] = {}
-        last_seconds = 0.0
         for pc in group:
             elapsed = clock() - t0
-            if max_seconds is not None and elapsed + last_seconds > max_seconds:
+            if max_seconds is not None and elapsed + longest > max_seconds:
                 outcome.stopped = "time cap"
                 break
             index += 1
             progress.cell_started(pc, index)
             started = clock()
             record = store.append(run_planned(pc, inputs, dense_cache))
-            last_seconds = clock() - started
+            longest = max(longest, clock() - started)
             outcome.ran += 1
             outcome.counts[record["status"]] = outcome.counts.get(record["status"], 0) + 1
             progress.cell_finished(pc, record)
