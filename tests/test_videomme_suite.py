@@ -162,3 +162,14 @@ def test_record_fields_from_samples_and_prefills():
     assert eff["speedup_prefill"] == pytest.approx(2.0) and eff["prefill_s"] == pytest.approx(2.0) and eff["dense_prefill_s"] == pytest.approx(4.0)
     assert eff["speedup_prefill_total"] == pytest.approx(10.5 / 7.5)
     assert eff["attention_share"] == pytest.approx(1.5 / 6.0) and eff["density"] == pytest.approx(0.25)
+
+
+def test_multi_gpu_cells_launch_through_accelerate(tmp_path):
+    sweep = suite.VideoMMESweep(model="m", device="cuda", num_processes=4)
+    cmd = suite.worker_command(sweep, tmp_path / "spec.json")
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4"
+    assert cmd[-3:] == ["-m", "spbench.integrations.lmms.worker", str(tmp_path / "spec.json")]
+    assert suite.worker_command(suite.VideoMMESweep(model="m"), tmp_path / "s.json")[1:3] == ["-m", "spbench.integrations.lmms.worker"]
+    with pytest.raises(SpbenchError, match="needs CUDA"):
+        suite.VideoMMESweep(model="m", device="cpu", num_processes=2).validate()
