@@ -135,25 +135,40 @@ def row_counts(visible: torch.Tensor, forced: torch.Tensor) -> tuple[torch.Tenso
     return visible.sum(-1), forced.sum(-1)
 
 
+def area_units(q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bool, forced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block: visible area in full-block units, and the forced blocks' rounding deficit.
+
+    ``units[i]`` = visible area of row i / (rows of query block i x block_kv);
+    ``deficit[i]`` = number of forced blocks - their area in those units
+    (forced diagonal blocks are partly visible in causal mode). A rank
+    prefix of ``t * units + deficit`` blocks, forced first then full blocks,
+    covers a share ``t`` of the row's area (exactly when the non-forced
+    blocks are full, i.e. except a ragged last KV block). float64 ``[NQ]``.
+    """
+    areas = block_areas(q_len, kv_len, block_q, block_kv, causal, forced.device)
+    q0 = torch.arange(areas.shape[0], device=areas.device, dtype=torch.float64) * block_q
+    full = (torch.clamp(q0 + block_q, max=q_len) - q0) * min(block_kv, kv_len)
+    units = areas.sum(-1) / full
+    deficit = forced.sum(-1) - (areas * forced).sum(-1) / full
+    return units, deficit
+
+
 def budget_counts(budget: float, q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bool, forced: torch.Tensor) -> torch.Tensor:
     """Blocks to keep per query block (``[NQ]``) so the kept area is ``budget`` of the visible area.
 
     Forced blocks are kept first with their true (possibly partial) area; the
     rest is filled with blocks counted at full area (query rows x block_kv),
-    which the remaining blocks are except a ragged last KV block. Counts are
+    which the remaining blocks are except a ragged last KV block:
+    ``budget * units + deficit`` (:func:`area_units`). Counts are
     error-diffused across query blocks (:func:`diffuse_round`) and clamped to
     [max(n_forced, 1), n_visible]. ``budget >= 1`` keeps every visible block.
     """
-    areas = block_areas(q_len, kv_len, block_q, block_kv, causal, forced.device)
-    visible = areas > 0
+    visible = block_areas(q_len, kv_len, block_q, block_kv, causal, forced.device) > 0
     n_visible, n_forced = visible.sum(-1), forced.sum(-1)
     if budget >= 1.0:
         return n_visible
-    q0 = torch.arange(areas.shape[0], device=areas.device, dtype=torch.float64) * block_q
-    rows = torch.clamp(q0 + block_q, max=q_len) - q0
-    full = rows * min(block_kv, kv_len)
-    extra = ((budget * areas.sum(-1) - (areas * forced).sum(-1)) / full).clamp(min=0.0)
-    counts = torch.maximum(n_forced + diffuse_round(extra), n_forced.clamp(min=1))
+    units, deficit = area_units(q_len, kv_len, block_q, block_kv, causal, forced)
+    counts = torch.maximum(diffuse_round(budget * units + deficit), n_forced.clamp(min=1))
     return torch.minimum(counts, n_visible)
 
 
@@ -195,6 +210,8 @@ def profile_at_budget(fractions: tuple[float, float, float, float], budget: floa
 
     if cum[0] <= 0:
         raise ValueError("the level-1 fraction must be positive to reach every budget")
+    if budget >= 1.0:
+        return (1.0, 1.0, 1.0, 1.0)
     lo, hi = 0.0, 1.0 / cum[0]  # at hi every cumulative fraction is >= 1: share 1
     for _ in range(100):
         mid = 0.5 * (lo + hi)

@@ -120,9 +120,10 @@ class PSA(PlannedMethod):
     lower budgets shrink every level alike, higher ones widen them until
     every block is kept, then promote blocks toward level 1; budget 1 is
     dense. ``min_level1`` is not applied under a budget (it alone would cost
-    0.06); ``sim_cap`` still applies and can only raise the density. The
-    mapping counts blocks, so in causal mode, where diagonal blocks are
-    half-visible, the measured density lands slightly below the budget.
+    0.06); ``sim_cap`` still applies and can only raise the density.
+    Fractions under a budget are of the row's visible area
+    (``_select.area_units``), so causal rows, whose forced diagonal blocks
+    are partly visible, still land on the budget.
     """
 
     name = "psa"
@@ -232,11 +233,20 @@ class PSA(PlannedMethod):
             return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20)
         return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
 
-    def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
-        """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of the visible blocks."""
+    def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
+        """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of each row's area.
+
+        ``rows`` = (units, deficit) from ``_select.area_units``: the bound of
+        level p is ``c_p * units + deficit`` blocks (forced blocks, partly
+        visible in causal mode, count at their true area), error-diffused
+        across query blocks, non-decreasing over levels, at least the
+        forced blocks (and one block) at level 1, at most the visible ones.
+        """
+        units, deficit = rows
         bounds, floor = [], n_forced.clamp(min=1)
         for c in cumulative:
-            floor = torch.maximum(sel.diffuse_round(c * n_visible.double()), floor)  # non-decreasing over levels
+            target = n_visible.double() if c >= 1.0 else c * units + deficit
+            floor = torch.maximum(sel.diffuse_round(target), floor)
             bounds.append(torch.minimum(floor, n_visible))
         return sel.level_from_rank(sel.rank_positions(nkv, n_visible.device), bounds)
 
@@ -261,11 +271,14 @@ class PSA(PlannedMethod):
         n_visible, n_forced = sel.row_counts(visible, forced)
         order, ranked = sel.rank_blocks(self.importance(q, k), visible, forced)
         nkv = visible.shape[-1]
-        if self.budget is not None:
-            ranked_levels = self._rank_levels_by_fractions(sel.profile_at_budget(self.fractions, self.budget), n_visible, n_forced, nkv)
-        elif self.params["mode"] == "topk":
-            cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
-            ranked_levels = self._rank_levels_by_fractions(cumulative, n_visible, n_forced, nkv)
+        if self.budget is not None or self.params["mode"] == "topk":
+            if self.budget is not None:  # fractions of the row's area, so density tracks the budget
+                cumulative = sel.profile_at_budget(self.fractions, self.budget)
+                rows = sel.area_units(lq, lk, bq, bkv, causal, forced)
+            else:  # fractions of the row's visible block count, as released
+                cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
+                rows = (n_visible.double(), torch.zeros_like(n_visible, dtype=torch.float64))
+            ranked_levels = self._rank_levels_by_fractions(cumulative, rows, n_visible, n_forced, nkv)
         else:
             ranked_levels = self._rank_levels_by_threshold(ranked, n_visible, n_forced)
         levels = sel.unsort(ranked_levels, order)

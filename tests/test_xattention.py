@@ -1,0 +1,149 @@
+"""xattention: antidiagonal scoring (Triton vs reference vs brute force) and the planner."""
+
+import math
+
+import pytest
+import torch
+
+import spbench
+from planner_checks import EXECUTOR, assert_error_falls, budget_sweep_density, check_plan, error_by_budget, forced_mask, video
+from spbench.errors import SpbenchError
+from spbench.kernels.antidiag import antidiagonal_scores, antidiagonal_scores_reference
+from spbench.kernels.reference import exact_attention
+from spbench.methods.xattention import XAttention
+
+
+def brute_antidiagonal(q, k, stride, bq, bk, causal, scale=None):
+    """Straight from the definition: antidiagonal sums of every S x S tile of the full Q K^T."""
+    bsz, hq, lq, d = q.shape
+    lk = k.shape[2]
+    group = hq // k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    rows, cols = math.ceil(lq / stride), math.ceil(lk / stride)
+    nq, nk = math.ceil(lq / bq), math.ceil(lk / bk)
+    out = torch.zeros(bsz, hq, nq, nk, dtype=torch.float64)
+    for b in range(bsz):
+        for h in range(hq):
+            s = q[b, h].double() @ k[b, h // group].double().T
+            tile = torch.zeros(rows, cols, dtype=torch.float64)
+            for r in range(rows):
+                for c in range(cols):
+                    for i in range(stride):
+                        t, u = r * stride + stride - 1 - i, c * stride + i
+                        if t < lq and u < lk:
+                            tile[r, c] += s[t, u]
+            logits = tile * scale / stride
+            if causal:
+                logits = logits.masked_fill(torch.arange(cols)[None, :] > torch.arange(rows)[:, None], float("-inf"))
+            p = torch.softmax(logits, -1)
+            for i in range(nq):
+                r0, r1 = i * bq // stride, min(rows, (i + 1) * bq // stride)
+                for j in range(nk):
+                    out[b, h, i, j] = p[r0:r1, j * bk // stride : (j + 1) * bk // stride].sum() / (r1 - r0)
+    return out
+
+
+@pytest.mark.parametrize(
+    "lq,lk,stride,bq,bk,causal",
+    [(64, 64, 4, 16, 16, False), (70, 70, 4, 16, 32, True), (61, 45, 8, 16, 8, False), (50, 50, 2, 8, 8, True)],
+)
+def test_reference_matches_definition(lq, lk, stride, bq, bk, causal):
+    q, k = torch.randn(1, 2, lq, 16), torch.randn(1, 1, lk, 16)
+    got = antidiagonal_scores_reference(q, k, stride, bq, bk, causal, chunk_blocks=2)
+    torch.testing.assert_close(got.double(), brute_antidiagonal(q, k, stride, bq, bk, causal), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "lq,hq,hkv,d,stride,bq,bk,causal,dtype",
+    [
+        (640, 2, 2, 64, 8, 128, 128, False, torch.float32),
+        (777, 4, 2, 64, 8, 128, 128, True, torch.float32),
+        (520, 2, 1, 128, 16, 128, 64, True, torch.float32),
+        (450, 2, 2, 128, 8, 64, 128, False, torch.float16),
+        (389, 2, 1, 64, 4, 32, 32, True, torch.bfloat16),
+        (300, 1, 1, 64, 16, 128, 128, False, torch.float32),
+    ],
+)
+def test_triton_matches_reference(lq, hq, hkv, d, stride, bq, bk, causal, dtype):
+    q = (torch.randn(1, hq, lq, d) * 1.5).to(dtype)
+    k = (torch.randn(1, hkv, lq, d) * 1.5).to(dtype)
+    got = antidiagonal_scores(q, k, stride, bq, bk, causal)
+    want = antidiagonal_scores_reference(q, k, stride, bq, bk, causal)
+    torch.testing.assert_close(got, want, atol=2e-5 if dtype == torch.float32 else 1e-3, rtol=0)
+    torch.testing.assert_close(got.sum(-1), torch.ones_like(got.sum(-1)), atol=1e-4, rtol=0)
+
+
+def test_triton_head_chunks_and_cross_lengths():
+    q, k = torch.randn(2, 2, 300, 64), torch.randn(2, 1, 420, 64)
+    want = antidiagonal_scores_reference(q, k, 8, 64, 64, True, scale=0.2)
+    # a scratch cap of one head forces four launches of one (batch, head) each
+    got = antidiagonal_scores(q, k, 8, 64, 64, True, scale=0.2, max_scratch_bytes=1)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+def test_plan_with_triton_scorer_equals_torch_scorer():
+    q, k, v = torch.randn(1, 2, 640, 64), torch.randn(1, 1, 640, 64), torch.randn(1, 1, 640, 64)
+    a = XAttention(causal=True, scorer="triton").plan(q, k, v).to_levels()
+    b = XAttention(causal=True, scorer="torch").plan(q, k, v).to_levels()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("tau", [0.5, 0.9])
+def test_plan_keeps_smallest_prefix_with_forced_blocks(causal, tau):
+    q, k, v = torch.randn(1, 2, 1024, 64), torch.randn(1, 2, 1024, 64), torch.randn(1, 2, 1024, 64)
+    m = XAttention(causal=causal, tau=tau, scorer="torch", sink=not causal)
+    plan = m.plan(q, k, v)
+    forced = forced_mask(q, k, 128, 128, causal, causal, True)
+    levels = check_plan(plan, q, k, forced=forced)
+    scores = m.scores(q, k).double()
+    kept = levels > 0
+    mass = (scores * kept).sum(-1)
+    assert (mass >= tau - 1e-5).all()
+    optional = kept & ~forced
+    lightest = scores.masked_fill(~optional, 2).amin(-1)
+    assert ((mass - lightest < tau + 1e-5) | (lightest == 2)).all(), "the kept set is not minimal"
+    best_dropped = scores.masked_fill(kept, -1).amax(-1)
+    assert (best_dropped <= lightest + 1e-6).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_budget_one_equals_dense(causal):
+    q, k, v = torch.randn(1, 4, 400, 64), torch.randn(1, 2, 400, 64), torch.randn(1, 2, 400, 64)
+    m = spbench.get_method("antidiagonal", budget=1.0, causal=causal, executor=EXECUTOR, scorer="torch")
+    plan = m.plan(q, k, v)
+    assert plan.density == pytest.approx(1.0)
+    torch.testing.assert_close(m.run(q, k, v, plan).float(), exact_attention(q, k, v, causal=causal), atol=2e-5, rtol=1e-4)
+
+
+def test_budget_maps_to_density_on_video():
+    density = budget_sweep_density(lambda b: XAttention(budget=b, scorer="torch", executor=EXECUTOR))
+    for budget, got in density.items():
+        assert abs(got - budget) <= 0.2 * budget, (budget, got)
+
+
+def test_error_falls_with_budget_on_video():
+    assert_error_falls(error_by_budget(lambda b: XAttention(budget=b, scorer="torch", executor=EXECUTOR)))
+
+
+def test_tau_is_a_native_knob():
+    q, k, v = video(2048)
+    d = [spbench.get_method("xattention", tau=t, scorer="torch").plan(q, k, v).density for t in (0.5, 0.9, 0.99)]
+    assert d[0] < d[1] < d[2]
+
+
+@pytest.mark.parametrize(
+    "knobs,match",
+    [
+        (dict(stride=3), "stride"),
+        (dict(block_q=96), "block_q"),
+        (dict(block_kv=100, stride=8), "block_kv"),
+        (dict(tau=0.0), "tau"),
+        (dict(tau=1.2), "tau"),
+        (dict(scorer="cuda"), "scorer"),
+        (dict(scratch_mb=0), "scratch_mb"),
+    ],
+)
+def test_bad_knobs(knobs, match):
+    with pytest.raises(SpbenchError, match=match):
+        spbench.get_method("xattention", **knobs)
