@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from spbench.errors import SpbenchError
-from spbench.integrations.reorder import REORDERS, Reorderer
+from spbench.integrations.reorder import REORDERS, Reorderer, inverse_permutation
 
 HANDLE_ATTR = "_spbench_sparse"
 TEXT_MODES = ("joint",)
@@ -259,6 +259,7 @@ class SparseAttention:
         self.base_method = get_method(method, **({"budget": budget} if budget is not None else {}), **self.knobs)
         self._methods: dict[tuple, Any] = {}
         self._reorderers: dict[tuple, Reorderer] = {}
+        self._orders: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.transformers: list[torch.nn.Module] = []
         self.pipeline = None
         self._originals: list[tuple[torch.nn.Module, Any]] = []
@@ -384,6 +385,25 @@ class SparseAttention:
             self._reorderers[key] = Reorderer(self.reorder, grid)
         return self._reorderers[key]
 
+    def sequence_order(self, total: int, text_len: int, text_first: bool, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(forward, inverse) index of the sequence the method sees, or None when it is the model's own.
+
+        One gather does both jobs: video tokens in curve order, then text.
+        """
+        video_len = total - text_len
+        reorderer = self._reorderer(self.grid, video_len)
+        if reorderer is None and not (text_len and text_first):
+            return None
+        key = (total, text_len, text_first, str(device), self.reorder, self.grid)
+        if key not in self._orders:
+            video = reorderer.indices(video_len, device)[0] if reorderer is not None else torch.arange(video_len, device=device)
+            if text_len and text_first:
+                fwd = torch.cat([video + text_len, torch.arange(text_len, device=device)])
+            else:
+                fwd = torch.cat([video, torch.arange(video_len, total, device=device)])
+            self._orders[key] = (fwd, inverse_permutation(fwd))
+        return self._orders[key]
+
     def attend(
         self,
         layer: int,
@@ -394,12 +414,16 @@ class SparseAttention:
         text_first: bool = False,
         key_valid: torch.Tensor | None = None,
         dense_mask: torch.Tensor | None = None,
+        layout: str = "bhsd",
     ) -> torch.Tensor:
         """Self-attention over ``[B, H, L, D]`` tensors (video and any text tokens).
 
         ``text_len`` text tokens sit first (``text_first``) or last in the
         sequence. ``key_valid`` ``[B, L]`` marks keys that exist (text padding
         False); ``dense_mask`` is the model's own SDPA mask for dense calls.
+        The output is ``[B, H, L, D]``, or ``[B, L, H, D]`` with
+        ``layout="bshd"`` (what diffusers processors flatten; the inverse
+        reordering then gathers straight into it, saving a copy).
         """
         stats = self._stats
         if self.capture is not None:
@@ -410,10 +434,11 @@ class SparseAttention:
         token = stats.timer.start(q.device)
         if self.is_dense(layer):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask, dropout_p=0.0, is_causal=False)
+            out = out.transpose(1, 2) if layout == "bshd" else out
             density = 1.0
             stats.dense_calls += 1
         else:
-            out, density = self._sparse(q, k, v, text_len, text_first, key_valid)
+            out, density = self._sparse(q, k, v, text_len, text_first, key_valid, layout == "bshd")
             stats.sparse_calls += 1
             stats.sparse_work += weight
             stats.sparse_planned += weight * density
@@ -423,32 +448,30 @@ class SparseAttention:
         stats.planned += weight * density
         return out
 
-    def _sparse(self, q, k, v, text_len: int, text_first: bool, key_valid) -> tuple[torch.Tensor, float]:
-        total = q.shape[2]
-        video_len = total - text_len
-        if text_len and text_first:
-            # The method sees video first, text last.
-            q, k, v = (torch.cat([t[:, :, text_len:], t[:, :, :text_len]], dim=2) for t in (q, k, v))
+    def _sparse(self, q, k, v, text_len: int, text_first: bool, key_valid, bshd: bool) -> tuple[torch.Tensor, float]:
+        order = self.sequence_order(q.shape[2], text_len, text_first, q.device)
+        if order is not None:
+            # index_select on the (possibly transposed) views also makes them contiguous.
+            q, k, v = (t.index_select(2, order[0]) for t in (q, k, v))
             if key_valid is not None:
-                key_valid = torch.cat([key_valid[:, text_len:], key_valid[:, :text_len]], dim=1)
-        reorderer = self._reorderer(self.grid, video_len)
-        if reorderer is not None:
-            q, k, v = reorderer.apply(q), reorderer.apply(k), reorderer.apply(v)
+                key_valid = key_valid.index_select(1, order[0])
+        else:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if key_valid is not None and bool(key_valid.all()):
             key_valid = None
         if key_valid is None:
             method = self.method_for(text_len, self.grid)
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
             plan = method.plan(q, k, v)
             out = method.run(q, k, v, plan)
             density = float(plan.density)
         else:
             out, density = self._sparse_masked(q, k, v, text_len, key_valid)
-        if reorderer is not None:
-            out = reorderer.restore(out)
-        if text_len and text_first:
-            out = torch.cat([out[:, :, video_len:], out[:, :, :video_len]], dim=2)
-        return out, density
+        # Back to the model's order, gathering straight into the layout the caller wants.
+        seq_dim = 1 if bshd else 2
+        x = out.transpose(1, 2) if bshd else out
+        if order is not None:
+            x = x.index_select(seq_dim, order[1])
+        return x, density
 
     def _sparse_masked(self, q, k, v, text_len: int, key_valid: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Drop masked (padding) tokens per batch element; their rows get zeros."""
@@ -495,8 +518,8 @@ class WanSparseProcessor(_SparseProcessorBase):
             query = _wan_rotary(query, *rotary_emb)
             key = _wan_rotary(key, *rotary_emb)
         # [B, L, H, D] -> [B, H, L, D] for spbench, and back.
-        out = self.handle.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        out = self.handle.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout="bshd")
+        out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
 
@@ -536,8 +559,8 @@ class CogVideoXSparseProcessor(_SparseProcessorBase):
             query[:, :, text_len:] = apply_rotary_emb(query[:, :, text_len:], image_rotary_emb)
             if not attn.is_cross_attention:
                 key[:, :, text_len:] = apply_rotary_emb(key[:, :, text_len:], image_rotary_emb)
-        out = self.handle.attend(self.layer, query, key, value, text_len=text_len, text_first=True)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
+        out = self.handle.attend(self.layer, query, key, value, text_len=text_len, text_first=True, layout="bshd")
+        out = out.reshape(batch, -1, attn.heads * head_dim)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)
         encoder_out, out = out.split([text_len, out.size(1) - text_len], dim=1)
@@ -591,8 +614,9 @@ class HunyuanSparseProcessor(_SparseProcessorBase):
             text_first=False,
             key_valid=key_valid,
             dense_mask=attention_mask,
+            layout="bshd",
         )
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is not None:
             out, encoder_out = out[:, :-text_len], out[:, -text_len:]
             if getattr(attn, "to_out", None) is not None:
