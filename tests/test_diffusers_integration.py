@@ -156,3 +156,17 @@ def test_joint_attention_models(kind):
     assert torch.equal(run(), out)
     spd.remove(model)
     assert torch.equal(run(), ref)
+
+
+def test_fused_projections_follow_the_model():
+    model = tiny_wan(layers=1)
+    x, enc = wan_inputs(frames=2, size=8)
+    for block in model.blocks:
+        block.attn1.fuse_projections()
+        # Make the fused weights differ from to_q/to_k/to_v: only a processor that reads them matches.
+        block.attn1.to_qkv.weight.data.add_(0.05)
+    assert hasattr(model.blocks[0].attn1, "to_qkv")
+    ref = _run(model, x, enc)
+    spd.apply(model, "dense", dense_steps=0, dense_layers=0)
+    torch.testing.assert_close(_run(model, x, enc), ref, atol=1e-5, rtol=1e-5)
+    spd.remove(model)

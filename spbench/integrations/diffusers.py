@@ -506,9 +506,7 @@ class WanSparseProcessor(_SparseProcessorBase):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None or kwargs:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb, **kwargs)
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key, value = _wan_qkv(attn, hidden_states)
         query = attn.norm_q(query)
         key = attn.norm_k(key)
         query = query.unflatten(2, (attn.heads, -1))
@@ -522,6 +520,13 @@ class WanSparseProcessor(_SparseProcessorBase):
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
         return attn.to_out[1](out)
+
+
+def _wan_qkv(attn, hidden_states: torch.Tensor):
+    """Wan's self-attention projections (fused or not), as diffusers computes them."""
+    if getattr(attn, "fused_projections", False) and hasattr(attn, "to_qkv"):
+        return attn.to_qkv(hidden_states).chunk(3, dim=-1)
+    return attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
