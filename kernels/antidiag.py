@@ -99,7 +99,7 @@ def _tile_lse(
         cols = t * BLOCK_N + col_offs
         k_ptrs = k_ptrs0 + (t * BLOCK_N * STRIDE) * skl
         acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for i in tl.static_range(STRIDE):
+        for i in range(STRIDE):  # a loop (not unrolled) so Triton can pipeline the loads
             qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
             kt = tl.load(k_ptrs + i * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
             if DOT_F32:
@@ -163,6 +163,7 @@ def antidiagonal_scores(
     causal: bool = False,
     scale: float | None = None,
     max_scratch_bytes: int = 1 << 30,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """Antidiagonal block scores with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``.
 
@@ -177,9 +178,11 @@ def antidiagonal_scores(
     n_rows, n_cols = math.ceil(lq / stride), math.ceil(lk / stride)
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     rpb, cpb = block_q // stride, block_kv // stride
-    kpt = max(1, 64 // cpb)  # KV blocks per tile: tiles of >= 64 reshaped columns
-    block_m = 128 if q.is_cuda else 64
-    block_m = max(block_m, 16)
+    # Tiles of 128 x 128 reshaped entries on the GPU (64 x 64 under the
+    # interpreter, where numpy work per op dominates); at least 16 for tl.dot.
+    tile = tile or (128 if q.is_cuda else 64)
+    kpt = max(1, tile // cpb)  # KV blocks per tile
+    block_m = tile
     qk_scale = (dim**-0.5 if scale is None else scale) / stride * LOG2E
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
     per_head = 4 * n_rows * (nkv + 1)

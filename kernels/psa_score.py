@@ -157,6 +157,7 @@ def psa_importance(
     causal: bool = False,
     scale: float | None = None,
     max_scratch_bytes: int = 1 << 30,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """Sampled block importance with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``, rows summing to 1.
 
@@ -172,8 +173,11 @@ def psa_importance(
         if n & (n - 1):
             raise ValueError(f"{name} per block must be a power of two, got {n}")
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
-    qb_per_prog = max(1, 64 // sq)  # >= 64 sampled rows (and >= 16 for tl.dot) per program
-    kb_per_tile = max(1, 64 // sk)
+    # 128 sampled rows x 128 sampled keys per tile on the GPU, 64 x 64 under
+    # the interpreter (never below 16, the tl.dot minimum).
+    tile = tile or (128 if q.is_cuda else 64)
+    qb_per_prog = max(1, tile // sq)
+    kb_per_tile = max(1, tile // sk)
     qk_scale = (dim**-0.5 if scale is None else scale) * LOG2E
     q_off = q_offsets.to(device=q.device, dtype=torch.int32).contiguous()
     k_off = k_offsets.to(device=q.device, dtype=torch.int32).contiguous()
@@ -191,7 +195,7 @@ def psa_importance(
             *q.stride(), *k.stride(),
             bh0, hq, hq // hkv, lq, lk, nq, nkv, qk_scale,
             BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, QB=qb_per_prog, KB=kb_per_tile, D=dim,
-            CAUSAL=causal, DOT_F32=dot_in_fp32(q),
+            CAUSAL=causal, DOT_F32=dot_in_fp32(q), num_warps=8 if tile >= 128 else 4,
         )
         _block_max[(nq, triton.cdiv(nkv, block_j), n_bh)](
             rmax, max_all, out, bh0, lq, nq, nkv,

@@ -227,6 +227,20 @@ def level_from_rank(rank_index: torch.Tensor, bounds: list[torch.Tensor]) -> tor
 
     ``rank_index`` ``[NKV]``, ``bounds`` four ``[NQ]`` tensors; returns int8 ``[NQ, NKV]``.
     """
-    bucket = sum((rank_index[None, :] >= b[:, None]).to(torch.int64) for b in bounds)
-    table = torch.tensor([1, 2, 4, 8, 0], dtype=torch.int8, device=rank_index.device)
-    return table[bucket]
+    bucket = sum((rank_index[None, :] >= b[:, None]).to(torch.int8) for b in bounds)
+    return level_of_bucket(bucket)
+
+
+def level_of_bucket(bucket: torch.Tensor) -> torch.Tensor:
+    """Bucket 0, 1, 2, 3, 4 -> level 1, 2, 4, 8, 0 (skip), int8.
+
+    Arithmetic rather than a lookup table: building a table tensor on the
+    GPU is a host-to-device copy, which synchronises the stream.
+    """
+    bucket = bucket.to(torch.int8)
+    return torch.bitwise_left_shift(torch.ones_like(bucket), bucket).masked_fill(bucket >= 4, 0)
+
+
+def device_constants(values, device, dtype=torch.float32) -> torch.Tensor:
+    """A small 1-D tensor of host constants built by fill kernels (no host-to-device copy, no sync)."""
+    return torch.cat([torch.full((1,), float(v), dtype=dtype, device=device) for v in values])

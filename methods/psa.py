@@ -252,10 +252,8 @@ class PSA(PlannedMethod):
 
     def _rank_levels_by_threshold(self, ranked: torch.Tensor, n_visible: torch.Tensor, n_forced: torch.Tensor) -> torch.Tensor:
         """Rank-order levels ``[B, H, NQ, NKV]`` from cumulative-share intervals."""
-        edges = torch.tensor(self.thresholds, dtype=torch.float32, device=ranked.device)
-        bucket = torch.bucketize(sel.exclusive_share(ranked), edges, out_int32=True, right=True)
-        table = torch.tensor([1, 2, 4, 8, 0], dtype=torch.int8, device=ranked.device)
-        levels = table[bucket]
+        edges = sel.device_constants(self.thresholds, ranked.device)
+        levels = sel.level_of_bucket(torch.bucketize(sel.exclusive_share(ranked), edges, out_int32=True, right=True))
         rank = sel.rank_positions(ranked.shape[-1], ranked.device)
         n_min = torch.maximum(torch.ceil(self.params["min_level1"] * n_visible.double()).long(), n_forced)
         levels = torch.where(rank < n_min[:, None], torch.ones_like(levels), levels)

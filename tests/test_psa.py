@@ -93,6 +93,14 @@ def test_triton_head_chunks():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_triton_gpu_tile_sizes():
+    # the 128 x 128 sampled tiles the GPU uses, run through the interpreter once
+    q, k = torch.randn(1, 2, 1100, 64), torch.randn(1, 1, 1100, 64)
+    q_off, k_off = sample_offsets(2, 128, 32, 1, 1), sample_offsets(2, 64, 16, 1, 2)
+    got = psa_importance(q, k, q_off, k_off, 128, 64, True, tile=128)
+    torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 64, True), atol=1e-5, rtol=0)
+
+
 def test_plan_with_triton_scorer_equals_torch_scorer():
     q, k, v = torch.randn(1, 2, 640, 64), torch.randn(1, 1, 640, 64), torch.randn(1, 1, 640, 64)
     a = PSA(scorer="triton").plan(q, k, v).to_levels()

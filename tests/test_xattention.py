@@ -81,6 +81,14 @@ def test_triton_head_chunks_and_cross_lengths():
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
 
 
+def test_triton_gpu_tile_sizes():
+    # the 128 x 128 tiles the GPU uses, run through the interpreter once
+    q, k = torch.randn(1, 2, 1100, 64), torch.randn(1, 1, 1100, 64)
+    for causal, stride, bk in ((True, 8, 128), (False, 16, 64)):
+        got = antidiagonal_scores(q, k, stride, 128, bk, causal, tile=128)
+        torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
+
+
 def test_plan_with_triton_scorer_equals_torch_scorer():
     q, k, v = torch.randn(1, 2, 640, 64), torch.randn(1, 1, 640, 64), torch.randn(1, 1, 640, 64)
     a = XAttention(causal=True, scorer="triton").plan(q, k, v).to_levels()
