@@ -305,6 +305,7 @@ def run_vbench(sweep: VBenchSweep, echo: Callable[[str], None] = print) -> tuple
         "dense_steps": sweep.dense_steps,
         "dense_layers": sweep.dense_layers,
         "reorder": sweep.reorder,
+        "text": "joint",
     }
 
     def warm_up(method: str, budget: float | None, params: dict[str, Any]) -> None:
