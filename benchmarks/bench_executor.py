@@ -31,6 +31,40 @@ import traceback
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def bootstrap():
+    """Make ``spbench.kernels`` / ``spbench.methods`` importable from a plain checkout.
+
+    An installed spbench maps kernels/ and methods/ into the package; without
+    an install (or when it failed) map them here, so the script runs from
+    the repository root either way.
+    """
+    import importlib
+    import importlib.util
+
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    try:
+        importlib.import_module("spbench.kernels")
+        return
+    except ModuleNotFoundError:
+        pass
+    import spbench
+
+    for sub in ("kernels", "methods", "suites"):
+        name = f"spbench.{sub}"
+        if name in sys.modules or not os.path.isdir(os.path.join(ROOT, sub)):
+            continue
+        spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, sub, "__init__.py"), submodule_search_locations=[os.path.join(ROOT, sub)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        setattr(spbench, sub, module)
+        spec.loader.exec_module(module)
+
+
+bootstrap()
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: --smoke under TRITON_INTERPRET=1 only
 SMOKE = {"on": False}
 
@@ -114,6 +148,12 @@ def correctness_cases():
         i += 3
     cases.append(dict(b=1, hq=2, hkv=2, lq=256, lk=256, d=128, dtype="bfloat16", bq=128, bk=64, causal=False, cfg=cfgs[0], empty=True))
     cases.append(dict(b=1, hq=2, hkv=2, lq=512, lk=512, d=128, dtype="bfloat16", bq=128, bk=64, causal=True, cfg=cfgs[2], dense=True))
+    fast = "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1,FAST_EXP=1"
+    for bk, causal in ((32, False), (64, True), (128, False)):
+        cases.append(dict(b=1, hq=4, hkv=2, lq=300, lk=333, d=128, dtype="bfloat16", bq=128, bk=bk, causal=causal, cfg=fast))
+    # more than 32767 KV blocks: int32 block indices (GPU only: too big for the interpreter)
+    if DEV == "cuda":
+        cases.append(dict(b=1, hq=1, hkv=1, lq=64, lk=1_050_000, d=64, dtype="bfloat16", bq=64, bk=32, causal=False, cfg=cfgs[0]))
     return cases
 
 
@@ -170,7 +210,7 @@ def warm_variant(spec):  # noqa: D401
         n = 2048 if DEV == "cuda" else 256
         q, k, v = qkv(1, 2, 2, n, n, spec["d"], torch.bfloat16)
         plan = make_plan(1, 2, n, n, spec["bq"], spec["bk"], spec["mix"], spec.get("causal", False))
-        run_plan(q, k, v, plan, _ignore_index=spec.get("ignore_index", False))
+        run_plan(q, k, v, plan)
         if DEV == "cuda":
             torch.cuda.synchronize()
         return dict(spec=spec, ok=True, secs=round(time.time() - t0, 1))
@@ -186,28 +226,6 @@ def worker(task):
 
 
 # --------------------------------------------------------------------------- main
-DENSE_CFGS = [
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=0",
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=3,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=4,TMA=1",
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=1",
-]
-SPARSE_CFGS = DENSE_CFGS[:8]
-DIAG128 = DENSE_CFGS[6]  # no-index diagnostics and causal use these
-DIAG64 = DENSE_CFGS[4]
-CAUSAL_CFG = DENSE_CFGS[1]
-PYR_CFGS = [
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=3,TMA=0",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1",
-    "BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=4,TMA=1",
-    "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=1",
-]
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
@@ -217,27 +235,26 @@ def main():
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--no-long", action="store_true", help="skip the 110k x 40 heads cases")
     ap.add_argument("--no-check", action="store_true")
-    ap.add_argument("--dense-cfgs", default=None, help="';'-separated configs instead of the built-in list")
-    ap.add_argument("--pyr-cfgs", default=None)
     ap.add_argument("--budget-s", type=float, default=270, help="skip the 110k cases when this much time is spent")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, few configs (CPU under TRITON_INTERPRET=1)")
     args = ap.parse_args()
-    dense_cfgs = args.dense_cfgs.split(";") if args.dense_cfgs else DENSE_CFGS
-    sparse_cfgs = args.dense_cfgs.split(";") if args.dense_cfgs else SPARSE_CFGS
-    pyr_cfgs = args.pyr_cfgs.split(";") if args.pyr_cfgs else PYR_CFGS
-    if args.smoke:
-        SMOKE["on"] = True
-        dense_cfgs, sparse_cfgs, pyr_cfgs = dense_cfgs[:1] + dense_cfgs[4:5] + dense_cfgs[6:7], sparse_cfgs[:1], pyr_cfgs[:2]
-        args.no_long = True
 
     import triton
+    from spbench.kernels import tuning
+
+    cands = [c.label() for c in tuning.candidates(128, 128)]
+    fast = lambda c: c.replace("FAST_EXP=0", "FAST_EXP=1")  # noqa: E731
+    if args.smoke:
+        SMOKE["on"] = True
+        cands = cands[:2]
+        args.no_long = True
 
     record = {
         "env": {
             "gpu": torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (interpreter)", "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
-        "correctness": [], "warm": [], "timings": {}, "tables": {},
+        "candidates": cands, "correctness": [], "warm": [], "timings": {}, "autotuned": {},
     }
 
     def save():
@@ -246,36 +263,32 @@ def main():
             json.dump(record, fh, indent=1, default=str)
 
     t_start = time.time()
-    # Phase 0+1 in worker processes.
+    # Phase 0+1 in worker processes: correctness, and compile every variant timed below.
     tasks = []
     if not args.no_check:
         tasks += [("check", c) for c in correctness_cases()]
-    for bk in (64, 128):
-        for cfg in dense_cfgs:
+    for cfg in cands:
+        for bk in (64, 128):
             tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=cfg)))
-    for cfg in sparse_cfgs:
-        tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 0.1}, cfg=cfg)))
-    for cfg in pyr_cfgs:
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=cfg)))
-    for p in (2, 4, 8):
-        for bk in (32, 64, 128):
-            tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={p: 0.4}, cfg=pyr_cfgs[1])))
-    for bk in (32, 128):
-        tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 0.4}, cfg=pyr_cfgs[1])))
-    tasks.append(("warm", dict(d=128, bq=128, bk=128, mix={1: 1.0}, cfg=DIAG128, ignore_index=True)))
-    tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=DIAG64, ignore_index=True)))
-    tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=CAUSAL_CFG, causal=True)))
+    for cfg in cands[:4]:
+        for bk in (64, 128):
+            tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=fast(cfg))))
+        tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=fast(cfg))))
+    for cfg in cands[:2]:
+        tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=cfg, causal=True)))
+    ctx = mp.get_context("spawn")
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     try:
-        with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
             futures = [pool.submit(worker, t) for t in tasks]
             for fut in as_completed(futures):
                 res = fut.result()
                 if "case" in res:
                     record["correctness"].append(res)
                     c = res["case"]
-                    tag = f"bq={c['bq']} bk={c['bk']} causal={c['causal']} {c['dtype']} d={c['d']} cfg={c['cfg']}"
+                    tag = f"bq={c['bq']} bk={c['bk']} causal={c['causal']} {c['dtype']} d={c['d']} lk={c['lk']} cfg={c['cfg']}"
                     print(("PASS " if res["ok"] else "FAIL ") + tag + f" err={res.get('err')} lse={res.get('lse_err')} {res.get('error', '')}", flush=True)
                 else:
                     record["warm"].append(res)
@@ -291,7 +304,6 @@ def main():
     print(f"phase 0/1 done in {time.time() - t_start:.0f}s; failing configs: {sorted(bad_cfgs)}", flush=True)
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from spbench.kernels import tuning
     from spbench.kernels.pool import build_pyramid
     from spbench.kernels.pyramid_triton import run_plan
 
@@ -306,12 +318,13 @@ def main():
                 out[name] = f"unavailable: {str(exc).splitlines()[0][:120]}"
         return out
 
-    def ours(q, k, v, plan, cfg, reps, pyramid=None, ignore_index=False):
+    def ours(q, k, v, plan, cfg, reps, pyramid=None):
+        """Median ms with ``cfg`` pinned (None: the autotuner's choice)."""
         if cfg in bad_cfgs:
             return None
         try:
             tuning.pin_config(cfg)
-            return bench(lambda: run_plan(q, k, v, plan, pyramid=pyramid, _ignore_index=ignore_index), reps)[0]
+            return bench(lambda: run_plan(q, k, v, plan, pyramid=pyramid), reps)[0]
         except Exception as exc:  # noqa: BLE001
             print("ERR", cfg, str(exc)[:300], flush=True)
             bad_cfgs.add(cfg)
@@ -319,9 +332,20 @@ def main():
         finally:
             tuning.pin_config(None)
 
+    def tuned(name, q, k, v, plan, reps, pyramid=None):
+        t0 = time.time()
+        run_plan(q, k, v, plan, pyramid=pyramid)  # tunes on first call for a new key
+        tune_s = time.time() - t0
+        ms = bench(lambda: run_plan(q, k, v, plan, pyramid=pyramid), reps)[0]
+        record["autotuned"][name] = {"ms": ms, "tune_s": round(tune_s, 2), **tuning.chosen_config()}
+        return ms
+
     def best(d):
         vals = {k: v for k, v in d.items() if isinstance(v, float)}
         return min(vals.items(), key=lambda kv: kv[1]) if vals else (None, float("nan"))
+
+    def top(d, n):
+        return [c for c, _ in sorted(((c, t) for c, t in d.items() if isinstance(t, float)), key=lambda x: x[1])[:n]]
 
     T = record["timings"]
     # ---- 32k x 12 heads
@@ -333,18 +357,18 @@ def main():
     print(f"32k SDPA: {T['32k_sdpa']} -> baseline {base_name} {base:.3f} ms ({flops / base / 1e9:.0f} TFLOP/s)", flush=True)
     for bk in (64, 128):
         plan = make_plan(1, H, L, L, 128, bk, {1: 1.0})
-        T[f"32k_dense_bk{bk}"] = {c: ours(q, k, v, plan, c, 15) for c in dense_cfgs}
+        T[f"32k_dense_bk{bk}"] = {c: ours(q, k, v, plan, c, 15) for c in cands}
+        T[f"32k_dense_bk{bk}_fastexp"] = {fast(c): ours(q, k, v, plan, fast(c), 15) for c in top(T[f"32k_dense_bk{bk}"], 2)}
+        T[f"32k_dense_bk{bk}_autotuned"] = tuned(f"32k_dense_bk{bk}", q, k, v, plan, 15)
         n, t = best(T[f"32k_dense_bk{bk}"])
-        print(f"32k dense bk={bk}: best {t:.3f} ms = {base / t * 100:.1f}% of {base_name} [{n}]", flush=True)
+        nf, tf = best(T[f"32k_dense_bk{bk}_fastexp"])
+        print(f"32k dense bk={bk}: best {t:.3f} ms = {base / t * 100:.1f}% of {base_name} [{n}]; fast-exp {tf:.3f} ms = {base / tf * 100:.1f}%; "
+              f"autotuned {T[f'32k_dense_bk{bk}_autotuned']:.3f} ms [{record['autotuned'][f'32k_dense_bk{bk}']['config']}]", flush=True)
         save()
-    plan = make_plan(1, H, L, L, 128, 128, {1: 1.0})
-    T["32k_dense_bk128_noindex"] = ours(q, k, v, plan, DIAG128, 15, ignore_index=True)
-    plan = make_plan(1, H, L, L, 128, 64, {1: 1.0})
-    T["32k_dense_bk64_noindex"] = ours(q, k, v, plan, DIAG64, 15, ignore_index=True)
-    print(f"diag no-index: bk128 {T['32k_dense_bk128_noindex']} bk64 {T['32k_dense_bk64_noindex']}", flush=True)
 
     plan = make_plan(1, H, L, L, 128, 64, {1: 0.10})
-    T["32k_sparse10"] = {c: ours(q, k, v, plan, c, 20) for c in sparse_cfgs}
+    T["32k_sparse10"] = {c: ours(q, k, v, plan, c, 20) for c in cands}
+    T["32k_sparse10_autotuned"] = tuned("32k_sparse10", q, k, v, plan, 20)
     T["32k_sparse10_density"] = plan.density
     n, t = best(T["32k_sparse10"])
     print(f"32k sparse 0.10: best {t:.3f} ms speedup {base / t:.2f}x [{n}] density {plan.density:.4f}", flush=True)
@@ -353,30 +377,33 @@ def main():
     plan = make_plan(1, H, L, L, 128, 64, PSA_MIX)
     pyr = build_pyramid(k, v)
     T["32k_pyramid_build"] = bench(lambda: build_pyramid(k, v), 15)[0]
-    T["32k_psa_mix_prebuilt"] = {c: ours(q, k, v, plan, c, 20, pyramid=pyr) for c in pyr_cfgs}
+    T["32k_psa_mix_prebuilt"] = {c: ours(q, k, v, plan, c, 20, pyramid=pyr) for c in cands}
+    T["32k_psa_mix_fastexp"] = {fast(c): ours(q, k, v, plan, fast(c), 20, pyramid=pyr) for c in top(T["32k_psa_mix_prebuilt"], 2)}
     T["32k_psa_mix_density"] = plan.density
     n, t = best(T["32k_psa_mix_prebuilt"])
     T["32k_psa_mix_with_build"] = ours(q, k, v, plan, n, 20) if n else None
+    T["32k_psa_mix_autotuned"] = tuned("32k_psa_mix", q, k, v, plan, 20, pyramid=pyr)
     print(f"32k PSA mix: best {t:.3f} ms (+build {T['32k_pyramid_build']:.3f} ms -> {T['32k_psa_mix_with_build']}) "
-          f"speedup {base / t:.2f}x run-only, {base / (T['32k_psa_mix_with_build'] or float('nan')):.2f}x with build [{n}] density {plan.density:.4f}", flush=True)
+          f"speedup {base / t:.2f}x run-only [{n}] density {plan.density:.4f}; fast-exp {best(T['32k_psa_mix_fastexp'])}", flush=True)
     save()
 
-    # per-level cost: 40% of each row's blocks at one level, pyramid prebuilt
+    # per-level cost: 40% of each row's blocks at one level, pyramid prebuilt, best PSA config
     cost = {}
-    cfg_lv = pyr_cfgs[1]
+    cfg_lv = n
     for bk in (32, 64, 128):
         row = {}
         for p in (1, 2, 4, 8):
             plan = make_plan(1, H, L, L, 128, bk, {p: 0.4})
             row[p] = ours(q, k, v, plan, cfg_lv, 15, pyramid=pyr)
         cost[bk] = {p: (row[p], (row[p] / row[1]) if row[p] and row[1] else None) for p in row}
-        print(f"level cost bk={bk}: " + ", ".join(f"p{p}: {row[p]} ms ({cost[bk][p][1]})" for p in row), flush=True)
+        print(f"level cost bk={bk}: " + ", ".join(f"p{p}: {row[p]:.3f} ms (x{cost[bk][p][1]:.3f}, target <= {1.3 / p:.3f})" for p in row if row[p]), flush=True)
     T["32k_level_cost"] = cost
+    T["32k_level_cost_config"] = cfg_lv
     save()
 
     plan = make_plan(1, H, L, L, 128, 64, {1: 1.0}, causal=True)
     T["32k_causal_sdpa"] = sdpa_times(q, k, v, 10, backends=("cudnn", "flash"), causal=True)
-    T["32k_causal_dense"] = ours(q, k, v, plan, CAUSAL_CFG, 10)
+    T["32k_causal_dense"] = {c: ours(q, k, v, plan, c, 10) for c in cands[:2]}
     print(f"32k causal: sdpa {T['32k_causal_sdpa']} ours {T['32k_causal_dense']}", flush=True)
     save()
     del q, k, v, pyr, plan
@@ -393,23 +420,20 @@ def main():
         base_name, base = best(T["110k_sdpa"])
         print(f"110k SDPA: {T['110k_sdpa']}", flush=True)
         save()
-        ranked = sorted([(t, c) for c, t in T["32k_dense_bk64"].items() if t], key=lambda x: x[0])[:2]
-        plan = make_plan(1, H, L, L, 128, 64, {1: 1.0})
-        T["110k_dense_bk64"] = {c: ours(q, k, v, plan, c, 3) for _, c in ranked}
-        ranked128 = sorted([(t, c) for c, t in T["32k_dense_bk128"].items() if t], key=lambda x: x[0])[:1]
-        del plan
-        plan = make_plan(1, H, L, L, 128, 128, {1: 1.0})
-        T["110k_dense_bk128"] = {c: ours(q, k, v, plan, c, 3) for _, c in ranked128}
-        del plan
-        n, t = best({**T["110k_dense_bk64"], **T["110k_dense_bk128"]})
-        print(f"110k dense: best {t:.1f} ms = {base / t * 100:.1f}% of {base_name} [{n}]", flush=True)
-        save()
-        ranked_s = sorted([(t, c) for c, t in T["32k_sparse10"].items() if t], key=lambda x: x[0])[:2]
+        for bk in (64, 128):
+            plan = make_plan(1, H, L, L, 128, bk, {1: 1.0})
+            picks = top(T[f"32k_dense_bk{bk}"], 1) + top(T[f"32k_dense_bk{bk}_fastexp"], 1)
+            T[f"110k_dense_bk{bk}"] = {c: ours(q, k, v, plan, c, 3) for c in picks}
+            if bk == 64:
+                T["110k_dense_bk64_autotuned"] = tuned("110k_dense_bk64", q, k, v, plan, 3)
+            del plan
+            print(f"110k dense bk={bk}: {T[f'110k_dense_bk{bk}']}", flush=True)
+            save()
         plan = make_plan(1, H, L, L, 128, 64, {1: 0.10})
-        T["110k_sparse10"] = {c: ours(q, k, v, plan, c, 5) for _, c in ranked_s}
+        T["110k_sparse10"] = {c: ours(q, k, v, plan, c, 5) for c in top(T["32k_sparse10"], 2)}
+        T["110k_sparse10_autotuned"] = tuned("110k_sparse10", q, k, v, plan, 5)
         T["110k_sparse10_density"] = plan.density
-        n2, t2 = best(T["110k_sparse10"])
-        print(f"110k sparse 0.10: {t2:.2f} ms speedup vs {base_name} {base / t2:.2f}x, vs our dense {t / t2:.2f}x", flush=True)
+        print(f"110k sparse 0.10: {T['110k_sparse10']} autotuned {T['110k_sparse10_autotuned']}", flush=True)
         save()
 
     record["summary"] = summarize(T)
@@ -417,11 +441,11 @@ def main():
     print(f"total {time.time() - t_start:.0f}s", flush=True)
     print("SUMMARY")
     for key, value in record["summary"].items():
-        print(f"  {key:<34} {value}")
+        print(f"  {key:<44} {value}")
 
 
 def summarize(T):
-    """The headline figures (targets in brackets)."""
+    """The headline figures, exact-exp configs (targets in brackets); fast-exp alongside."""
 
     def best(d):
         vals = [v for v in (d or {}).values() if isinstance(v, float)]
@@ -430,25 +454,29 @@ def summarize(T):
     out = {}
     base32 = best(T.get("32k_sdpa"))
     dense32 = min(best(T.get("32k_dense_bk64")), best(T.get("32k_dense_bk128")))
+    dense32f = min(best(T.get("32k_dense_bk64_fastexp")), best(T.get("32k_dense_bk128_fastexp")))
     out["32k sdpa best ms"] = round(base32, 3)
-    out["32k dense ours ms / % of sdpa [>=85]"] = f"{dense32:.3f} / {base32 / dense32 * 100:.1f}%"
+    out["32k dense ms / % of sdpa [>=85] (fast-exp)"] = f"{dense32:.3f} / {base32 / dense32 * 100:.1f}% ({dense32f:.3f} / {base32 / dense32f * 100:.1f}%)"
     sp = best(T.get("32k_sparse10"))
     out["32k binary 0.10 ms / speedup"] = f"{sp:.3f} / {base32 / sp:.2f}x"
     pm = best(T.get("32k_psa_mix_prebuilt"))
+    pmf = best(T.get("32k_psa_mix_fastexp"))
     wb = T.get("32k_psa_mix_with_build") or float("nan")
-    out["32k psa mix ms (run / +build) / speedup [>=5.5]"] = f"{pm:.3f} / {wb:.3f} / {base32 / pm:.2f}x / {base32 / wb:.2f}x"
+    out["32k psa mix ms run / +build / speedups [>=5.5]"] = f"{pm:.3f} / {wb:.3f} / {base32 / pm:.2f}x / {base32 / wb:.2f}x (fast-exp {pmf:.3f}, {base32 / pmf:.2f}x)"
     for bk, row in (T.get("32k_level_cost") or {}).items():
-        out[f"level cost ratio bk={bk} [<=1.3/p]"] = {p: (round(v[1], 3) if v[1] else None) for p, v in row.items()}
+        out[f"level cost x p, bk={bk} [<=1.3]"] = {p: (round(v[1] * int(p), 3) if v[1] else None) for p, v in row.items()}
     if "110k_sdpa" in T:
         base = best(T["110k_sdpa"])
-        dense = min(best(T.get("110k_dense_bk64")), best(T.get("110k_dense_bk128")))
+        dense = min(best({k: v for k, v in (T.get("110k_dense_bk64") or {}).items() if "FAST_EXP=0" in k}),
+                    best({k: v for k, v in (T.get("110k_dense_bk128") or {}).items() if "FAST_EXP=0" in k}))
+        densef = min(best({k: v for k, v in (T.get("110k_dense_bk64") or {}).items() if "FAST_EXP=1" in k}),
+                     best({k: v for k, v in (T.get("110k_dense_bk128") or {}).items() if "FAST_EXP=1" in k}))
         sp = best(T.get("110k_sparse10"))
         out["110k sdpa best ms"] = round(base, 1)
-        out["110k dense ours ms / % [>=85]"] = f"{dense:.1f} / {base / dense * 100:.1f}%"
-        out["110k binary 0.10 ms / vs sdpa / vs ours dense [>=8]"] = f"{sp:.2f} / {base / sp:.2f}x / {dense / sp:.2f}x"
+        out["110k dense ms / % [>=85] (fast-exp)"] = f"{dense:.1f} / {base / dense * 100:.1f}% ({densef:.1f} / {base / densef * 100:.1f}%)"
+        out["110k binary 0.10 ms / vs sdpa [>=8] / vs ours"] = f"{sp:.2f} / {base / sp:.2f}x / {dense / sp:.2f}x"
     return out
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(HERE))
     main()

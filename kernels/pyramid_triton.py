@@ -50,6 +50,13 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
+def _exp2_bf16x2(x):
+    return tl.inline_asm_elementwise(
+        "ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)], dtype=tl.bfloat16, is_pure=True, pack=2
+    )
+
+
+@triton.jit
 def _tile(
     t, acc, l_i, m_i, q, q_pos,
     k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
@@ -57,7 +64,7 @@ def _tile(
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    IGNORE_INDEX: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
     """Tile t of one level's entries; returns the updated softmax state.
 
@@ -69,10 +76,7 @@ def _tile(
     if BLOCK_N <= R:
         # A contiguous slice of one block.
         first = t * BLOCK_N
-        if IGNORE_INDEX:  # diagnostics only: dense walk without the index load
-            blk = first // R
-        else:
-            blk = tl.load(idx_ptr + first // R)
+        blk = tl.load(idx_ptr + first // R).to(tl.int32)
         row0 = blk * R + first % R
         rows = row0 + offs_n
         ok = rows < n_rows
@@ -81,10 +85,10 @@ def _tile(
         g = t * BLOCK_N + offs_n
         e = g // R
         if MASKED:
-            blk = tl.load(idx_ptr + e, mask=e < n_ent, other=0)
+            blk = tl.load(idx_ptr + e, mask=e < n_ent, other=0).to(tl.int32)
             ok = (e < n_ent) & (blk * R + g % R < n_rows)
         else:
-            blk = tl.load(idx_ptr + e)
+            blk = tl.load(idx_ptr + e).to(tl.int32)
             ok = e >= 0
         rows = blk * R + g % R
         row0 = 0
@@ -110,13 +114,21 @@ def _tile(
             s = qk * qk_scale
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
+        x = s - m_new[:, None]
     else:
         # Clean tile: +log2(p) folded into the row max and the shift.
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + LOG2_LEVEL)
-        p = tl.math.exp2(qk * qk_scale + (LOG2_LEVEL - m_new)[:, None])
+        x = qk * qk_scale + (LOG2_LEVEL - m_new)[:, None]
+    if FAST_EXP:
+        # Opt-in: one packed bf16x2 exp2 per two logits (half the MUFU work);
+        # l sums the same bf16 probabilities the PV product uses.
+        p = _exp2_bf16x2(x)
+        row_sum = tl.sum(p.to(tl.float32), 1)
+    else:
+        p = tl.math.exp2(x)
+        row_sum = tl.sum(p, 1)
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + row_sum
     if TMA:
         v = v_desc.load([row0, 0])
     elif MASKED:
@@ -140,23 +152,15 @@ def _attend_level(
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    FAST_EXP: tl.constexpr,
 ):
-    """Tiles t_lo..t_hi of one level (``WS``: ask Triton to warp-specialize the loop)."""
-    if WS:
-        for t in tl.range(t_lo, t_hi, warp_specialize=True):
-            acc, l_i, m_i = _tile(
-                t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
-                idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
-                MASKED, CAUSAL, PREC, UPCAST, TMA, IGNORE_INDEX,
-            )
-    else:
-        for t in range(t_lo, t_hi):
-            acc, l_i, m_i = _tile(
-                t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
-                idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
-                MASKED, CAUSAL, PREC, UPCAST, TMA, IGNORE_INDEX,
-            )
+    """Tiles t_lo..t_hi of one level."""
+    for t in range(t_lo, t_hi):
+        acc, l_i, m_i = _tile(
+            t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
+            idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
+            MASKED, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
+        )
     return acc, l_i, m_i
 
 
@@ -166,7 +170,7 @@ def _walk_level(
     idx_ptr, n_ent, n_clean, n_rows, kv_len, qk_scale,
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    USE_TMA: tl.constexpr, WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    USE_TMA: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     """All entries of one level: clean tiles unmasked, then the rest masked."""
     n_full = (n_clean * R) // BLOCK_N
@@ -180,11 +184,11 @@ def _walk_level(
         v_desc = v_ptr
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, 0, n_full,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA, WS, IGNORE_INDEX,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
     )
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, n_full, n_tiles,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA, False, IGNORE_INDEX,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
     )
     return acc, l_i, m_i
 
@@ -203,7 +207,7 @@ def _pyramid_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
     CAUSAL: tl.constexpr, LEVEL_MASK: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_COMP: tl.constexpr, RETURN_LSE: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, USE_TMA: tl.constexpr, WS: tl.constexpr, IGNORE_INDEX: tl.constexpr,
+    UPCAST: tl.constexpr, USE_TMA: tl.constexpr, FAST_EXP: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # longest rows first
@@ -238,7 +242,7 @@ def _pyramid_fwd(
             acc, l_i, m_i, q, q_pos,
             K1 + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h, V1 + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h,
             sk_l, sv_l, idx_row + start, n, tl.load(cnt + 4), kv_len, kv_len, qk_scale,
-            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
+            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
         start += n
     if LEVEL_MASK & 2:
@@ -246,7 +250,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, D, D,
             idx_row + start, n, tl.load(cnt + 5), len2, kv_len, qk_scale,
-            2, 1.0, BLOCK_KV // 2, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
+            2, 1.0, BLOCK_KV // 2, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
         start += n
     if LEVEL_MASK & 4:
@@ -254,7 +258,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D, D, D,
             idx_row + start, n, tl.load(cnt + 6), len4, kv_len, qk_scale,
-            4, 2.0, BLOCK_KV // 4, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
+            4, 2.0, BLOCK_KV // 4, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
         start += n
     if LEVEL_MASK & 8:
@@ -262,7 +266,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, D, D,
             idx_row + start, n, tl.load(cnt + 7), len8, kv_len, qk_scale,
-            8, 3.0, BLOCK_KV // 8, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, WS, IGNORE_INDEX,
+            8, 3.0, BLOCK_KV // 8, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
 
     seen = l_i > 0.0
@@ -339,7 +343,6 @@ def run_plan(
     scale: float | None = None,
     return_lse: bool = False,
     pyramid: Pyramid | None = None,
-    _ignore_index: bool = False,
 ):
     """Run ``plan`` with the Triton kernel. Returns ``out`` (q's dtype) or ``(out, lse)``.
 
@@ -382,10 +385,11 @@ def run_plan(
     key = (
         d, str(q.dtype), plan.causal, plan.block_q, plan.block_kv, sched.level_mask,
         row_scale is not None, comp is not None, return_lse,
-        tuning.length_bucket(lk), _dense_like(plan, sched),
+        tuning.length_bucket(lk), _dense_like(plan, sched), tuning.fast_exp_allowed() and fast_exp_ok,
     )
 
     tma_ok = _tma_ok([k, v, *pooled])
+    fast_exp_ok = q.dtype == torch.bfloat16 and not upcast and q.device.type == "cuda" and not _interpreting()
 
     def launch(cfg: tuning.KernelConfig) -> None:
         use_tma = bool(cfg.TMA) and tma_ok
@@ -406,7 +410,7 @@ def run_plan(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, D=d,
             CAUSAL=plan.causal, LEVEL_MASK=sched.level_mask,
             HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse, PREC=prec, UPCAST=upcast, USE_TMA=use_tma,
-            WS=bool(cfg.WS) and use_tma, IGNORE_INDEX=_ignore_index,
+            FAST_EXP=bool(cfg.FAST_EXP) and fast_exp_ok,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
@@ -418,7 +422,7 @@ def run_plan(
         end.synchronize()
         return start.elapsed_time(end)
 
-    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", time_ms)
+    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", time_ms, fast_exp=key[-1])
     launch(cfg)
     return (out, lse) if return_lse else out
 

@@ -6,7 +6,8 @@ order, so that consecutive entries of one level can be packed into one
 compute tile. This module builds that order on the device with vectorised
 torch (a stable sort on the level; no Python loop over blocks):
 
-* ``idx``   int32 ``[B*Hq*NQ, W]``: KV-block indices, grouped by level;
+* ``idx``   int16 (int32 past 32767 blocks) ``[B*Hq*NQ, W]``: KV-block
+  indices, grouped by level;
 * ``count`` int32 ``[B*Hq*NQ, 8]``: entries per level (1, 2, 4, 8), then
   how many leading entries of each level are *clean*: fully visible to every
   query of the query block (causal) and not the ragged last KV block, so the
@@ -28,6 +29,8 @@ import torch
 from spbench.plan import LEVELS, Plan
 
 _ATTR = "_pyramid_schedule"
+#: plans with more KV blocks than this keep int32 indices
+INT16_MAX_BLOCKS = torch.iinfo(torch.int16).max
 
 
 @dataclass
@@ -82,7 +85,12 @@ def build_schedule(plan: Plan) -> Schedule:
         ind32 = torch.gather(ind32, -1, order)
     # else: CSR entries are already active-first and ascending, and causal
     # drops are the largest indices, so one level needs no reordering.
-    idx = ind32.reshape(bsz * heads * nq, width).contiguous()
+    # int16 when the block indices fit: a 16-bit load is too narrow for
+    # cp.async, so Triton's pipeliner keeps it a plain load issued stages
+    # ahead of the K/V copies it addresses; as an int32 it becomes an async
+    # copy that the K/V copies must wait on, which serialises the pipeline.
+    index_dtype = torch.int16 if plan.num_kv_blocks <= INT16_MAX_BLOCKS else torch.int32
+    idx = ind32.reshape(bsz * heads * nq, width).to(index_dtype).contiguous()
     count = torch.cat([per_level, clean_level], -1).reshape(bsz * heads * nq, 8).contiguous()
     return Schedule(idx, count, level_mask, totals)
 

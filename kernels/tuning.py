@@ -46,41 +46,53 @@ class KernelConfig:
     #: 1: load contiguous K/V tiles (a level whose block holds >= BLOCK_N
     #: pooled rows) with TMA tensor descriptors instead of pointer loads
     TMA: int = 0
-    #: 1: ask Triton to warp-specialize the unmasked TMA loops (experimental)
-    WS: int = 0
+    #: 1 (bf16 on CUDA only, opt-in): exp2 as packed ``ex2.approx.bf16x2`` on
+    #: the bf16-rounded shifted logits, half the MUFU work of fp32 exp2; the
+    #: probabilities carry bf16 rounding of the exponent (|x| * 2^-9 relative)
+    FAST_EXP: int = 0
 
     def fits(self, block_q: int) -> bool:
         return self.BLOCK_M <= block_q and block_q % self.BLOCK_M == 0
 
     def label(self) -> str:
-        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},WS={self.WS}"
+        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},FAST_EXP={self.FAST_EXP}"
 
 
 DEFAULT = KernelConfig()
 INTERPRETER = KernelConfig(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1, TMA=0)
 
 # Hopper-oriented candidates (H100: 228 KB smem, wgmma wants BLOCK_M = 64*k
-# per warpgroup). d=128 tiles of 128x128 need 8 warps to hold the fp32
-# accumulators; d=64 leaves room for deeper pipelines.
+# per warpgroup). 128x128 tiles need 8 warps for the fp32 accumulators;
+# BLOCK_M=64 with 4 warps fits two CTAs per SM, which overlaps one CTA's
+# softmax with the other's MMAs. TMA loads only apply to contiguous tiles.
 _CANDIDATES: dict[int, tuple[KernelConfig, ...]] = {
     128: (
-        KernelConfig(128, 128, 8, 2),
-        KernelConfig(128, 128, 8, 3),
-        KernelConfig(128, 64, 8, 3),
-        KernelConfig(128, 64, 4, 3),
-        KernelConfig(128, 64, 8, 4),
-        KernelConfig(64, 64, 4, 3),
-        KernelConfig(64, 128, 4, 3),
+        KernelConfig(128, 128, 8, 2, 1),
+        KernelConfig(128, 128, 8, 3, 1),
+        KernelConfig(128, 128, 8, 3, 0),
+        KernelConfig(128, 64, 8, 3, 1),
+        KernelConfig(128, 64, 8, 3, 0),
+        KernelConfig(128, 64, 8, 4, 1),
+        KernelConfig(64, 64, 4, 3, 1),
+        KernelConfig(64, 128, 4, 2, 1),
+        KernelConfig(64, 64, 4, 4, 0),
     ),
     64: (
-        KernelConfig(128, 128, 8, 3),
-        KernelConfig(128, 128, 4, 3),
-        KernelConfig(128, 64, 4, 3),
-        KernelConfig(128, 64, 4, 4),
-        KernelConfig(64, 64, 4, 4),
-        KernelConfig(64, 128, 4, 3),
+        KernelConfig(128, 128, 8, 3, 1),
+        KernelConfig(128, 128, 4, 3, 1),
+        KernelConfig(128, 64, 4, 3, 1),
+        KernelConfig(128, 64, 4, 4, 0),
+        KernelConfig(64, 64, 4, 4, 1),
+        KernelConfig(64, 128, 4, 3, 1),
     ),
 }
+FAST_EXP_ENV = "SPBENCH_PYRAMID_FAST_EXP"
+
+
+def fast_exp_allowed() -> bool:
+    """Whether tuning may pick the approximate bf16x2 exp2 (``SPBENCH_PYRAMID_FAST_EXP=1``)."""
+    return os.environ.get(FAST_EXP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
 
 _pinned: KernelConfig | None = None
 _tuned: dict[tuple, KernelConfig] = {}
@@ -110,7 +122,7 @@ def _checked(cfg: KernelConfig) -> KernelConfig:
         value = getattr(cfg, name)
         if value not in (16, 32, 64, 128, 256):
             raise SpbenchError(f"{name}={value} must be one of 16, 32, 64, 128, 256")
-    if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1) or cfg.WS not in (0, 1):
+    if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1) or cfg.FAST_EXP not in (0, 1):
         raise SpbenchError(f"bad num_warps/num_stages in {cfg.label()}")
     return cfg
 
@@ -134,17 +146,19 @@ def pinned_config() -> KernelConfig | None:
     return parse_config(text) if text else None
 
 
-def candidates(head_dim: int, block_q: int) -> list[KernelConfig]:
+def candidates(head_dim: int, block_q: int, fast_exp: bool = False) -> list[KernelConfig]:
     pool = _CANDIDATES.get(head_dim) or _CANDIDATES[128 if head_dim > 64 else 64]
-    fit = [c for c in pool if c.fits(block_q)]
-    return fit or [KernelConfig(block_q, 64, 4, 3)]
+    fit = [c for c in pool if c.fits(block_q)] or [KernelConfig(block_q, 64, 4, 3)]
+    if fast_exp:
+        fit = fit + [replace(c, FAST_EXP=1) for c in fit]
+    return fit
 
 
 def length_bucket(length: int) -> int:
     return min(max(length, 1).bit_length(), 15)  # 2**14 = 16Ki and beyond share one bucket
 
 
-def select(key: tuple, head_dim: int, block_q: int, interpret: bool, time_fn: Callable[[KernelConfig], float]) -> KernelConfig:
+def select(key: tuple, head_dim: int, block_q: int, interpret: bool, time_fn: Callable[[KernelConfig], float], fast_exp: bool = False) -> KernelConfig:
     """Pick the config for a launch; ``time_fn(cfg)`` runs it once and returns ms."""
     pinned = pinned_config()
     if pinned is not None:
@@ -157,7 +171,7 @@ def select(key: tuple, head_dim: int, block_q: int, interpret: bool, time_fn: Ca
     if key in _tuned:
         return _record(_tuned[key], "tuned", key)
     timings: dict[KernelConfig, float] = {}
-    for cfg in candidates(head_dim, block_q):
+    for cfg in candidates(head_dim, block_q, fast_exp):
         try:
             time_fn(cfg)  # compile and warm up
             timings[cfg] = min(time_fn(cfg) for _ in range(2))

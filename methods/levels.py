@@ -123,6 +123,10 @@ class Levels(PlannedMethod):
     }
 
     def validate(self) -> None:
+        for name in ("block_q", "block_kv"):
+            if self.params[name] not in self.knobs[name].choices:
+                choices = ", ".join(map(str, self.knobs[name].choices))
+                raise SpbenchError(f"knob {name}={self.params[name]} must be one of {choices}")
         self.mix = self.resolve_mix()
 
     def resolve_mix(self) -> dict[int, float]:

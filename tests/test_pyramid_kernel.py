@@ -98,11 +98,11 @@ def test_pyramid_reuse_and_staleness():
 @pytest.mark.parametrize("block_kv", [32, 64, 128])
 @pytest.mark.parametrize("block_q", [64, 128])
 def test_matches_reference_every_block_size(block_q, block_kv, causal):
-    """All levels at once, GQA 2:1, batch 2, ragged Lq != Lk."""
-    d = 64 if block_kv != 64 else 128
+    """All levels at once, GQA 2:1, batch 2, ragged Lq != Lk (head dims 64 and 128 in two cases)."""
+    d = {(64, 32): 64, (128, 128): 128}.get((block_q, block_kv), 32)
     gen = torch.Generator().manual_seed(block_q + block_kv + causal)
-    q, k, v = make_qkv(2, 4, 2, 150, 203, d)
-    levels = random_levels(2, 4, 150, 203, block_q, block_kv, gen)
+    q, k, v = make_qkv(2, 2, 1, 150, 203, d)
+    levels = random_levels(2, 2, 150, 203, block_q, block_kv, gen)
     check_against_reference(q, k, v, levels, block_q, block_kv, causal)
 
 
@@ -119,7 +119,7 @@ def test_matches_reference_other_tiles(cfg):
     """Tiles smaller and larger than the blocks (packing, slicing, TMA loads)."""
     tuning.pin_config(cfg)
     gen = torch.Generator().manual_seed(7)
-    q, k, v = make_qkv(1, 2, 1, 140, 260, 32)
+    q, k, v = make_qkv(1, 2, 1, 140, 260, 16)
     for block_kv, causal in ((32, True), (128, False)):
         levels = random_levels(1, 2, 140, 260, 128, block_kv, gen)
         check_against_reference(q, k, v, levels, 128, block_kv, causal)
@@ -129,7 +129,7 @@ def test_matches_reference_other_tiles(cfg):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs(dtype):
     gen = torch.Generator().manual_seed(3)
-    q, k, v = make_qkv(1, 2, 2, 100, 90, 128, dtype)
+    q, k, v = make_qkv(1, 2, 2, 100, 90, 64, dtype)
     for causal in (False, True):
         levels = random_levels(1, 2, 100, 90, 64, 32, gen)
         check_against_reference(q, k, v, levels, 64, 32, causal)
@@ -146,7 +146,7 @@ def test_second_reference_agrees():
 
 
 def test_dense_mode_is_sdpa():
-    q, k, v = make_qkv(2, 4, 2, 130, 130, 64)
+    q, k, v = make_qkv(2, 4, 2, 130, 130, 32)
     for causal in (False, True):
         levels = torch.ones(2, 4, 3, 3, dtype=torch.int64)
         out = pyramid_attention(q, k, v, levels, 64, 64, causal)
@@ -155,9 +155,9 @@ def test_dense_mode_is_sdpa():
 
 def test_epilogue_and_lse():
     gen = torch.Generator().manual_seed(11)
-    q, k, v = make_qkv(2, 2, 1, 130, 100, 32)
+    q, k, v = make_qkv(2, 2, 1, 130, 100, 16)
     levels = random_levels(2, 2, 130, 100, 64, 32, gen)
-    extras = {"row_scale": torch.rand(2, 2, 3, generator=gen) + 0.5, "compensation": torch.randn(2, 2, 3, 32, generator=gen)}
+    extras = {"row_scale": torch.rand(2, 2, 3, generator=gen) + 0.5, "compensation": torch.randn(2, 2, 3, 16, generator=gen)}
     for causal in (False, True):
         check_against_reference(q, k, v, levels, 64, 32, causal, extras)
     # the epilogue really acts: without it the output differs
@@ -216,9 +216,10 @@ def test_schedule_groups_levels_and_counts_clean_entries():
     levels = torch.tensor([[[[8, 1, 0, 2, 1, 8], [1, 1, 1, 1, 1, 1]]]])
     plan = Plan.from_levels(levels, 128, 180, 64, 32, causal=True)
     sched = build_schedule(plan)
-    # row 0 (queries 0..63): block 2+ start after query 63 -> dropped
+    # row 0 (queries 0..63): blocks 2+ start after query 63 -> dropped;
+    # blocks 0, 1 are not fully visible to query 0 -> not clean
     assert sched.idx[0, :2].tolist() == [1, 0]  # level 1 first, then level 8
-    assert sched.count[0].tolist() == [1, 0, 0, 1, 1, 0, 0, 1]
+    assert sched.count[0].tolist() == [1, 0, 0, 1, 0, 0, 0, 0]
     # row 1 (queries 64..127): blocks 0, 1 fully visible to query 64; 2, 3 partly; 4, 5 invisible
     assert sched.count[1].tolist() == [4, 0, 0, 0, 2, 0, 0, 0]
     assert sched.level_mask == 0b1001
@@ -226,6 +227,20 @@ def test_schedule_groups_levels_and_counts_clean_entries():
     # non-causal: everything kept, only the ragged last block (180 % 32 != 0) is unclean
     assert plain.count[0].tolist() == [2, 1, 0, 2, 2, 1, 0, 1]
     assert plain.idx[0, :5].tolist() == [1, 4, 3, 0, 5]
+
+
+def test_int32_block_indices(monkeypatch):
+    """Plans with more than 32767 KV blocks keep int32 indices; force that path on a small plan."""
+    from spbench.kernels import schedule
+
+    monkeypatch.setattr(schedule, "INT16_MAX_BLOCKS", 2)
+    gen = torch.Generator().manual_seed(13)
+    q, k, v = make_qkv(1, 2, 1, 70, 100, 16)
+    levels = random_levels(1, 2, 70, 100, 64, 32, gen)
+    assert build_schedule(Plan.from_levels(levels, 70, 100, 64, 32)).idx.dtype == torch.int32
+    check_against_reference(q, k, v, levels, 64, 32, True)
+    monkeypatch.undo()
+    assert build_schedule(Plan.from_levels(levels, 70, 100, 64, 32)).idx.dtype == torch.int16
 
 
 def test_level_p_block_costs_one_pth_of_the_tiles():
