@@ -227,6 +227,8 @@ def worker(task):
 
 # --------------------------------------------------------------------------- main
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
+# one fixed config for the per-level cost table (ratios at equal config)
+LEVEL_COST_CFG = "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1"
 
 
 def main():
@@ -271,12 +273,14 @@ def main():
         for bk in (64, 128):
             tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=cfg)))
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=cfg)))
-    for cfg in cands[:4]:
         for bk in (64, 128):
             tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=fast(cfg))))
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=fast(cfg))))
     for cfg in cands[:2]:
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=cfg, causal=True)))
+    for bk in (32, 64, 128):
+        for p in (1, 2, 4, 8):
+            tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={p: 0.4}, cfg=LEVEL_COST_CFG)))
     ctx = mp.get_context("spawn")
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -389,7 +393,7 @@ def main():
 
     # per-level cost: 40% of each row's blocks at one level, pyramid prebuilt, best PSA config
     cost = {}
-    cfg_lv = n
+    cfg_lv = LEVEL_COST_CFG
     for bk in (32, 64, 128):
         row = {}
         for p in (1, 2, 4, 8):

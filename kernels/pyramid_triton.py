@@ -204,7 +204,7 @@ def _pyramid_fwd(
     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
     so_b, so_h, so_l,
     BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NP: tl.constexpr, D: tl.constexpr,
     CAUSAL: tl.constexpr, LEVEL_MASK: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_COMP: tl.constexpr, RETURN_LSE: tl.constexpr, PREC: tl.constexpr,
     UPCAST: tl.constexpr, USE_TMA: tl.constexpr, FAST_EXP: tl.constexpr,
@@ -250,7 +250,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, D, D,
             idx_row + start, n, tl.load(cnt + 5), len2, kv_len, qk_scale,
-            2, 1.0, BLOCK_KV // 2, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            2, 1.0, BLOCK_KV // 2, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
         start += n
     if LEVEL_MASK & 4:
@@ -258,7 +258,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D, D, D,
             idx_row + start, n, tl.load(cnt + 6), len4, kv_len, qk_scale,
-            4, 2.0, BLOCK_KV // 4, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            4, 2.0, BLOCK_KV // 4, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
         start += n
     if LEVEL_MASK & 8:
@@ -266,7 +266,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, D, D,
             idx_row + start, n, tl.load(cnt + 7), len8, kv_len, qk_scale,
-            8, 3.0, BLOCK_KV // 8, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            8, 3.0, BLOCK_KV // 8, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
         )
 
     seen = l_i > 0.0
@@ -407,7 +407,7 @@ def run_plan(
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv,
-            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, D=d,
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_NP=cfg.BLOCK_NP or cfg.BLOCK_N, D=d,
             CAUSAL=plan.causal, LEVEL_MASK=sched.level_mask,
             HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse, PREC=prec, UPCAST=upcast, USE_TMA=use_tma,
             FAST_EXP=bool(cfg.FAST_EXP) and fast_exp_ok,

@@ -50,12 +50,15 @@ class KernelConfig:
     #: the bf16-rounded shifted logits, half the MUFU work of fp32 exp2; the
     #: probabilities carry bf16 rounding of the exponent (|x| * 2^-9 relative)
     FAST_EXP: int = 0
+    #: tile rows for the pooled levels 2/4/8 (0: same as BLOCK_N); pooled
+    #: tiles gather rows of several blocks, which needs more registers
+    BLOCK_NP: int = 0
 
     def fits(self, block_q: int) -> bool:
         return self.BLOCK_M <= block_q and block_q % self.BLOCK_M == 0
 
     def label(self) -> str:
-        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},FAST_EXP={self.FAST_EXP}"
+        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},FAST_EXP={self.FAST_EXP},BLOCK_NP={self.BLOCK_NP}"
 
 
 DEFAULT = KernelConfig()
@@ -69,13 +72,14 @@ _CANDIDATES: dict[int, tuple[KernelConfig, ...]] = {
     128: (
         KernelConfig(128, 128, 8, 2, 1),
         KernelConfig(128, 128, 8, 3, 1),
-        KernelConfig(128, 128, 8, 3, 0),
+        KernelConfig(128, 128, 8, 2, 1, BLOCK_NP=64),
+        KernelConfig(128, 128, 8, 3, 0, BLOCK_NP=64),
         KernelConfig(128, 64, 8, 3, 1),
         KernelConfig(128, 64, 8, 3, 0),
         KernelConfig(128, 64, 8, 4, 1),
+        KernelConfig(64, 64, 4, 2, 1),
         KernelConfig(64, 64, 4, 3, 1),
-        KernelConfig(64, 128, 4, 2, 1),
-        KernelConfig(64, 64, 4, 4, 0),
+        KernelConfig(64, 64, 4, 2, 0),
     ),
     64: (
         KernelConfig(128, 128, 8, 3, 1),
@@ -118,9 +122,9 @@ def parse_config(text: str) -> KernelConfig:
 
 
 def _checked(cfg: KernelConfig) -> KernelConfig:
-    for name in ("BLOCK_M", "BLOCK_N"):
+    for name in ("BLOCK_M", "BLOCK_N", "BLOCK_NP"):
         value = getattr(cfg, name)
-        if value not in (16, 32, 64, 128, 256):
+        if value not in (16, 32, 64, 128, 256) and not (name == "BLOCK_NP" and value == 0):
             raise SpbenchError(f"{name}={value} must be one of 16, 32, 64, 128, 256")
     if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1) or cfg.FAST_EXP not in (0, 1):
         raise SpbenchError(f"bad num_warps/num_stages in {cfg.label()}")

@@ -113,6 +113,7 @@ def test_matches_reference_every_block_size(block_q, block_kv, causal):
         "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=1",
         "BLOCK_M=64,BLOCK_N=16,num_warps=4,num_stages=1,TMA=1",
         "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=1,TMA=1",
+        "BLOCK_M=128,BLOCK_N=128,BLOCK_NP=32,num_warps=8,num_stages=1,TMA=1",
     ],
 )
 def test_matches_reference_other_tiles(cfg):
