@@ -49,10 +49,12 @@ def _need_vbench_env():
 GEN = ["--height", 64, "--width", 64, "--frames", 9, "--steps", 3, "--max-prompts", 2, "--warmup-steps", 1]
 
 
-def test_suite_end_to_end_with_vbench(tiny_model, cli, tmp_path):
+def test_suite_end_to_end_with_vbench(tiny_model, cli, tmp_path, monkeypatch):
     _need_vbench_env()
+    # An empty VBench weight cache: motion_smoothness (needs AMT weights) must be skipped, with the path.
+    monkeypatch.setenv("VBENCH_CACHE_DIR", str(tmp_path / "vbench-cache"))
     method = "block" if "block" in SPARSE else SPARSE[0]
-    args = ["suite", "vbench", "--model", tiny_model, "--methods", method, "--budgets", "0.3", *GEN, "--dense-steps", 1, "--dimensions", "temporal_flickering", "--out", tmp_path, "--run-id", "r1"]
+    args = ["suite", "vbench", "--model", tiny_model, "--methods", method, "--budgets", "0.3", *GEN, "--dense-steps", 1, "--dimensions", "temporal_flickering,motion_smoothness", "--out", tmp_path, "--run-id", "r1"]
     result = cli(*args)
     assert result.exit_code == 0, result.output
     run = tmp_path / "r1"
@@ -74,15 +76,21 @@ def test_suite_end_to_end_with_vbench(tiny_model, cli, tmp_path):
             assert r["lpips_status"].startswith("unavailable: ")
         assert r["dense_steps"] == 1 and r["dense_layers"] == 1 and r["reorder"] == "hilbert"
     dims = [r for r in recs if r["record_type"] == "dimension"]
-    assert {(r["method"], r["status"]) for r in dims} == {("dense", "ok"), (method, "ok")}
-    for r in dims:
+    scored = [r for r in dims if r["dimension"] == "temporal_flickering"]
+    assert {(r["method"], r["status"]) for r in scored} == {("dense", "ok"), (method, "ok")}
+    for r in scored:
         assert 0 < r["vbench.temporal_flickering"] <= 1
         assert len(r["per_video"]) == 2
+    skipped = [r for r in dims if r["dimension"] == "motion_smoothness"]
+    assert len(skipped) == 2 and all(r["status"] == "invalid" and r["skipped"] for r in skipped)
+    assert all("amt-s.pth" in r["error"] and "weights not in the local VBench cache" in r["error"] for r in skipped)
     summaries = {r["method"]: r for r in recs if r["record_type"] == "summary"}
     s = summaries[method]
     tf = s["vbench.temporal_flickering"]
     assert s["vbench_total"] == pytest.approx((tf - 0.6293) / (1 - 0.6293))  # VBench's normalisation
     assert s["videos_ok"] == 2 and s["speedup"] > 0
+    assert "amt-s.pth" in s["vbench_skipped"]["motion_smoothness"]
+    assert set(s["vbench_skipped"]) == {"motion_smoothness"} and "vbench.motion_smoothness" not in s
 
     # Resume: nothing is generated or scored again; the dense references come from the cache.
     again = cli(*args)
