@@ -404,6 +404,7 @@ def run_vbench(sweep: VBenchSweep, echo: Callable[[str], None] = print) -> tuple
                 raise
             except Exception as exc:  # a method that cannot run here fails its cells, the sweep goes on
                 build_error = _reason(exc)
+                _free_memory()
             for prompt, index, key in pending:
                 seed = sweep.seed + index
                 record = {
