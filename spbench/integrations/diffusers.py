@@ -297,6 +297,13 @@ class SparseAttention:
         self.reset_stats()
 
     def stats(self) -> dict[str, Any]:
+        """Accounting of the current generation.
+
+        ``attention_s``: time in self-attention (all calls); ``dense_calls``:
+        warm-up calls run with SDPA; ``sparse_calls``: calls that ran the
+        method; ``density``: FLOP-weighted over all calls (warm-up counts 1);
+        ``sparse_density``: over the method's calls only.
+        """
         s = self._stats
         return {
             "attention_s": s.timer.total_s(),
