@@ -101,6 +101,23 @@ def test_triton_gpu_tile_sizes():
     torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 64, True), atol=1e-5, rtol=0)
 
 
+def test_kernel_compiles_for_h100_without_spills():
+    from sm90_compile import sm90_resources
+
+    configs = []
+    for d, bq, bk in ((128, 128, 64), (64, 64, 32)):  # the GPU's 128 x 128 tiles, 8 warps
+        sq, sk = bq // 4, bk // 4
+        consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, QB=128 // sq, KB=128 // sk, D=d, CAUSAL=True, DOT_F32=False)
+        configs.append({"constexprs": consts, "options": {"num_warps": 8}})
+    results = sm90_resources(
+        "spbench.kernels.psa_score", "_sampled_rowmax", configs,
+        {"Q": "*bf16", "K": "*bf16", "QOFF": "*i32", "KOFF": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32"},
+        div16=("sqb", "sqh", "sql", "skb", "skh", "skl"), ones=("sqd", "skd"), floats=("qk_scale",),
+    )
+    for res in results:
+        assert res["STACK"] == 0 and res["pipelined"], res
+
+
 def test_plan_with_triton_scorer_equals_torch_scorer():
     q, k, v = torch.randn(1, 2, 640, 64), torch.randn(1, 1, 640, 64), torch.randn(1, 1, 640, 64)
     a = PSA(scorer="triton").plan(q, k, v).to_levels()

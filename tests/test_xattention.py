@@ -89,6 +89,23 @@ def test_triton_gpu_tile_sizes():
         torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
 
 
+def test_kernel_compiles_for_h100_without_spills():
+    from sm90_compile import sm90_resources
+
+    configs = []
+    for d, stride, bk in ((128, 8, 128), (64, 16, 64)):  # the GPU's 128 x 128 tiles, 8 warps
+        cpb = bk // stride
+        consts = dict(STRIDE=stride, D=d, BLOCK_M=128, CPB=cpb, KPT=128 // cpb, CAUSAL=True, DOT_F32=False)
+        configs.append({"constexprs": consts, "options": {"num_warps": 8}})
+    results = sm90_resources(
+        "spbench.kernels.antidiag", "_tile_lse", configs,
+        {"Q": "*bf16", "K": "*bf16", "LSE": "*fp32", "ROW_LSE": "*fp32"},
+        div16=("sqb", "sqh", "sql", "skb", "skh", "skl"), ones=("sqd", "skd"), floats=("qk_scale",),
+    )
+    for res in results:
+        assert res["STACK"] == 0 and res["pipelined"], res
+
+
 def test_plan_with_triton_scorer_equals_torch_scorer():
     q, k, v = torch.randn(1, 2, 640, 64), torch.randn(1, 1, 640, 64), torch.randn(1, 1, 640, 64)
     a = XAttention(causal=True, scorer="triton").plan(q, k, v).to_levels()

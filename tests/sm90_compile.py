@@ -1,0 +1,71 @@
+"""Compile Triton kernels for an H100 (sm_90) on a machine without a GPU.
+
+The interpreter checks what a kernel computes, not whether it compiles for
+the GPU or spills registers there. :func:`sm90_resources` runs Triton's
+real compiler (and the ptxas bundled with it) in a subprocess without
+TRITON_INTERPRET (under the interpreter ``triton.jit`` builds interpreted
+functions that cannot be compiled), with the specialisation the JIT gives a
+contiguous launch: pointers and the listed ints 16-divisible, unit strides
+folded to 1. It returns registers / stack bytes per thread from the cubin
+and whether the loads were pipelined (async copies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_CHILD = r"""
+import json, os, re, subprocess, sys, tempfile, importlib
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+job = json.loads(sys.argv[1])
+fn = getattr(importlib.import_module(job["module"]), job["kernel"])
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+out = []
+for cfg in job["configs"]:
+    consts = {**cfg["constexprs"], **{name: 1 for name in job["ones"]}}
+    signature, attrs = {}, {}
+    for idx, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name] = "constexpr"
+        elif name in job["pointers"]:
+            signature[name] = job["pointers"][name]
+            attrs[(idx,)] = [["tt.divisibility", 16]]
+        elif name in job["floats"]:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name in job["div16"]:
+                attrs[(idx,)] = [["tt.divisibility", 16]]
+    kernel = triton.compile(ASTSource(fn, signature, consts, attrs), target=GPUTarget("cuda", 90, 32), options=cfg["options"])
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    dump = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    res = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", dump)}
+    res["pipelined"] = "async_copy" in kernel.asm["ttgir"]
+    out.append(res)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def sm90_resources(module: str, kernel: str, configs: list[dict], pointers: dict, div16=(), ones=(), floats=()) -> list[dict]:
+    """Compile ``module.kernel`` once per config (``{"constexprs": ..., "options": ...}``) for sm_90."""
+    pytest.importorskip("triton")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    job = dict(module=module, kernel=kernel, configs=configs, pointers=pointers, div16=list(div16), ones=list(ones), floats=list(floats))
+    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(job)], capture_output=True, text=True, env=env, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        if any(marker in "\n".join(tail) for marker in ("ImportError", "ModuleNotFoundError", "cuobjdump")):
+            pytest.skip(f"cannot compile for sm_90 here: {tail[-1] if tail else proc.returncode}")
+        raise AssertionError("sm_90 compile failed:\n" + "\n".join(tail))
+    return json.loads(lines[-1][len("RESULT ") :])
