@@ -148,9 +148,6 @@ def correctness_cases():
         i += 3
     cases.append(dict(b=1, hq=2, hkv=2, lq=256, lk=256, d=128, dtype="bfloat16", bq=128, bk=64, causal=False, cfg=cfgs[0], empty=True))
     cases.append(dict(b=1, hq=2, hkv=2, lq=512, lk=512, d=128, dtype="bfloat16", bq=128, bk=64, causal=True, cfg=cfgs[2], dense=True))
-    fast = "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1,FAST_EXP=1"
-    for bk, causal in ((32, False), (64, True), (128, False)):
-        cases.append(dict(b=1, hq=4, hkv=2, lq=300, lk=333, d=128, dtype="bfloat16", bq=128, bk=bk, causal=causal, cfg=fast))
     # more than 32767 KV blocks: int32 block indices (GPU only: too big for the interpreter)
     if DEV == "cuda":
         cases.append(dict(b=1, hq=1, hkv=1, lq=64, lk=1_050_000, d=64, dtype="bfloat16", bq=64, bk=32, causal=False, cfg=cfgs[0]))
@@ -245,7 +242,6 @@ def main():
     from spbench.kernels import tuning
 
     cands = [c.label() for c in tuning.candidates(128, 128)]
-    fast = lambda c: c.replace("FAST_EXP=0", "FAST_EXP=1")  # noqa: E731
     if args.smoke:
         SMOKE["on"] = True
         cands = cands[:2]
@@ -273,9 +269,6 @@ def main():
         for bk in (64, 128):
             tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=cfg)))
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=cfg)))
-        for bk in (64, 128):
-            tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={1: 1.0}, cfg=fast(cfg))))
-        tasks.append(("warm", dict(d=128, bq=128, bk=64, mix=PSA_MIX, cfg=fast(cfg))))
     for cfg in cands[:2]:
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=cfg, causal=True)))
     for bk in (32, 64, 128):
@@ -362,11 +355,9 @@ def main():
     for bk in (64, 128):
         plan = make_plan(1, H, L, L, 128, bk, {1: 1.0})
         T[f"32k_dense_bk{bk}"] = {c: ours(q, k, v, plan, c, 15) for c in cands}
-        T[f"32k_dense_bk{bk}_fastexp"] = {fast(c): ours(q, k, v, plan, fast(c), 15) for c in top(T[f"32k_dense_bk{bk}"], 2)}
         T[f"32k_dense_bk{bk}_autotuned"] = tuned(f"32k_dense_bk{bk}", q, k, v, plan, 15)
         n, t = best(T[f"32k_dense_bk{bk}"])
-        nf, tf = best(T[f"32k_dense_bk{bk}_fastexp"])
-        print(f"32k dense bk={bk}: best {t:.3f} ms = {base / t * 100:.1f}% of {base_name} [{n}]; fast-exp {tf:.3f} ms = {base / tf * 100:.1f}%; "
+        print(f"32k dense bk={bk}: best {t:.3f} ms = {base / t * 100:.1f}% of {base_name} [{n}]; "
               f"autotuned {T[f'32k_dense_bk{bk}_autotuned']:.3f} ms [{record['autotuned'][f'32k_dense_bk{bk}']['config']}]", flush=True)
         save()
 
@@ -382,13 +373,12 @@ def main():
     pyr = build_pyramid(k, v)
     T["32k_pyramid_build"] = bench(lambda: build_pyramid(k, v), 15)[0]
     T["32k_psa_mix_prebuilt"] = {c: ours(q, k, v, plan, c, 20, pyramid=pyr) for c in cands}
-    T["32k_psa_mix_fastexp"] = {fast(c): ours(q, k, v, plan, fast(c), 20, pyramid=pyr) for c in top(T["32k_psa_mix_prebuilt"], 2)}
     T["32k_psa_mix_density"] = plan.density
     n, t = best(T["32k_psa_mix_prebuilt"])
     T["32k_psa_mix_with_build"] = ours(q, k, v, plan, n, 20) if n else None
     T["32k_psa_mix_autotuned"] = tuned("32k_psa_mix", q, k, v, plan, 20, pyramid=pyr)
     print(f"32k PSA mix: best {t:.3f} ms (+build {T['32k_pyramid_build']:.3f} ms -> {T['32k_psa_mix_with_build']}) "
-          f"speedup {base / t:.2f}x run-only [{n}] density {plan.density:.4f}; fast-exp {best(T['32k_psa_mix_fastexp'])}", flush=True)
+          f"speedup {base / t:.2f}x run-only [{n}] density {plan.density:.4f}", flush=True)
     save()
 
     # per-level cost: 40% of each row's blocks at one level, pyramid prebuilt, best PSA config
@@ -426,7 +416,7 @@ def main():
         save()
         for bk in (64, 128):
             plan = make_plan(1, H, L, L, 128, bk, {1: 1.0})
-            picks = top(T[f"32k_dense_bk{bk}"], 1) + top(T[f"32k_dense_bk{bk}_fastexp"], 1)
+            picks = top(T[f"32k_dense_bk{bk}"], 2)
             T[f"110k_dense_bk{bk}"] = {c: ours(q, k, v, plan, c, 3) for c in picks}
             if bk == 64:
                 T["110k_dense_bk64_autotuned"] = tuned("110k_dense_bk64", q, k, v, plan, 3)
@@ -449,7 +439,7 @@ def main():
 
 
 def summarize(T):
-    """The headline figures, exact-exp configs (targets in brackets); fast-exp alongside."""
+    """The headline figures (targets in brackets)."""
 
     def best(d):
         vals = [v for v in (d or {}).values() if isinstance(v, float)]
@@ -458,26 +448,21 @@ def summarize(T):
     out = {}
     base32 = best(T.get("32k_sdpa"))
     dense32 = min(best(T.get("32k_dense_bk64")), best(T.get("32k_dense_bk128")))
-    dense32f = min(best(T.get("32k_dense_bk64_fastexp")), best(T.get("32k_dense_bk128_fastexp")))
     out["32k sdpa best ms"] = round(base32, 3)
-    out["32k dense ms / % of sdpa [>=85] (fast-exp)"] = f"{dense32:.3f} / {base32 / dense32 * 100:.1f}% ({dense32f:.3f} / {base32 / dense32f * 100:.1f}%)"
+    out["32k dense ms / % of sdpa [>=85]"] = f"{dense32:.3f} / {base32 / dense32 * 100:.1f}%"
     sp = best(T.get("32k_sparse10"))
     out["32k binary 0.10 ms / speedup"] = f"{sp:.3f} / {base32 / sp:.2f}x"
     pm = best(T.get("32k_psa_mix_prebuilt"))
-    pmf = best(T.get("32k_psa_mix_fastexp"))
     wb = T.get("32k_psa_mix_with_build") or float("nan")
-    out["32k psa mix ms run / +build / speedups [>=5.5]"] = f"{pm:.3f} / {wb:.3f} / {base32 / pm:.2f}x / {base32 / wb:.2f}x (fast-exp {pmf:.3f}, {base32 / pmf:.2f}x)"
+    out["32k psa mix ms run / +build / speedups [>=5.5]"] = f"{pm:.3f} / {wb:.3f} / {base32 / pm:.2f}x / {base32 / wb:.2f}x"
     for bk, row in (T.get("32k_level_cost") or {}).items():
         out[f"level cost x p, bk={bk} [<=1.3]"] = {p: (round(v[1] * int(p), 3) if v[1] else None) for p, v in row.items()}
     if "110k_sdpa" in T:
         base = best(T["110k_sdpa"])
-        dense = min(best({k: v for k, v in (T.get("110k_dense_bk64") or {}).items() if "FAST_EXP=0" in k}),
-                    best({k: v for k, v in (T.get("110k_dense_bk128") or {}).items() if "FAST_EXP=0" in k}))
-        densef = min(best({k: v for k, v in (T.get("110k_dense_bk64") or {}).items() if "FAST_EXP=1" in k}),
-                     best({k: v for k, v in (T.get("110k_dense_bk128") or {}).items() if "FAST_EXP=1" in k}))
+        dense = min(best(T.get("110k_dense_bk64")), best(T.get("110k_dense_bk128")))
         sp = best(T.get("110k_sparse10"))
         out["110k sdpa best ms"] = round(base, 1)
-        out["110k dense ms / % [>=85] (fast-exp)"] = f"{dense:.1f} / {base / dense * 100:.1f}% ({densef:.1f} / {base / densef * 100:.1f}%)"
+        out["110k dense ms / % [>=85]"] = f"{dense:.1f} / {base / dense * 100:.1f}%"
         out["110k binary 0.10 ms / vs sdpa [>=8] / vs ours"] = f"{sp:.2f} / {base / sp:.2f}x / {dense / sp:.2f}x"
     return out
 

@@ -50,13 +50,6 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
-def _exp2_bf16x2(x):
-    return tl.inline_asm_elementwise(
-        "ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)], dtype=tl.bfloat16, is_pure=True, pack=2
-    )
-
-
-@triton.jit
 def _tile(
     t, acc, l_i, m_i, q, q_pos,
     k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
@@ -64,7 +57,6 @@ def _tile(
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     """Tile t of one level's entries; returns the updated softmax state.
 
@@ -119,16 +111,9 @@ def _tile(
         # Clean tile: +log2(p) folded into the row max and the shift.
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + LOG2_LEVEL)
         x = qk * qk_scale + (LOG2_LEVEL - m_new)[:, None]
-    if FAST_EXP:
-        # Opt-in: one packed bf16x2 exp2 per two logits (half the MUFU work);
-        # l sums the same bf16 probabilities the PV product uses.
-        p = _exp2_bf16x2(x)
-        row_sum = tl.sum(p.to(tl.float32), 1)
-    else:
-        p = tl.math.exp2(x)
-        row_sum = tl.sum(p, 1)
+    p = tl.math.exp2(x)
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + row_sum
+    l_i = l_i * alpha + tl.sum(p, 1)
     if TMA:
         v = v_desc.load([row0, 0])
     elif MASKED:
@@ -152,14 +137,13 @@ def _attend_level(
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr,
-    FAST_EXP: tl.constexpr,
 ):
     """Tiles t_lo..t_hi of one level."""
     for t in range(t_lo, t_hi):
         acc, l_i, m_i = _tile(
             t, acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc,
             idx_ptr, n_ent, n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D,
-            MASKED, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
+            MASKED, CAUSAL, PREC, UPCAST, TMA,
         )
     return acc, l_i, m_i
 
@@ -170,7 +154,7 @@ def _walk_level(
     idx_ptr, n_ent, n_clean, n_rows, kv_len, qk_scale,
     LEVEL: tl.constexpr, LOG2_LEVEL: tl.constexpr, R: tl.constexpr,
     BLOCK_N: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    USE_TMA: tl.constexpr, FAST_EXP: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """All entries of one level: clean tiles unmasked, then the rest masked."""
     n_full = (n_clean * R) // BLOCK_N
@@ -184,11 +168,11 @@ def _walk_level(
         v_desc = v_ptr
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, 0, n_full,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA,
     )
     acc, l_i, m_i = _attend_level(
         acc, l_i, m_i, q, q_pos, k_ptr, v_ptr, stride_kn, stride_vn, k_desc, v_desc, idx_ptr, n_ent, n_full, n_tiles,
-        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA, FAST_EXP,
+        n_rows, kv_len, qk_scale, LEVEL, LOG2_LEVEL, R, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, TMA,
     )
     return acc, l_i, m_i
 
@@ -207,7 +191,7 @@ def _pyramid_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NP: tl.constexpr, D: tl.constexpr,
     CAUSAL: tl.constexpr, LEVEL_MASK: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_COMP: tl.constexpr, RETURN_LSE: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, USE_TMA: tl.constexpr, FAST_EXP: tl.constexpr,
+    UPCAST: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # longest rows first
@@ -242,7 +226,7 @@ def _pyramid_fwd(
             acc, l_i, m_i, q, q_pos,
             K1 + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h, V1 + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h,
             sk_l, sv_l, idx_row + start, n, tl.load(cnt + 4), kv_len, kv_len, qk_scale,
-            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
     if LEVEL_MASK & 2:
@@ -250,7 +234,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, D, D,
             idx_row + start, n, tl.load(cnt + 5), len2, kv_len, qk_scale,
-            2, 1.0, BLOCK_KV // 2, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            2, 1.0, BLOCK_KV // 2, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
     if LEVEL_MASK & 4:
@@ -258,7 +242,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D, D, D,
             idx_row + start, n, tl.load(cnt + 6), len4, kv_len, qk_scale,
-            4, 2.0, BLOCK_KV // 4, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            4, 2.0, BLOCK_KV // 4, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
     if LEVEL_MASK & 8:
@@ -266,7 +250,7 @@ def _pyramid_fwd(
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, D, D,
             idx_row + start, n, tl.load(cnt + 7), len8, kv_len, qk_scale,
-            8, 3.0, BLOCK_KV // 8, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA, FAST_EXP,
+            8, 3.0, BLOCK_KV // 8, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
 
     seen = l_i > 0.0
@@ -385,11 +369,10 @@ def run_plan(
     key = (
         d, str(q.dtype), plan.causal, plan.block_q, plan.block_kv, sched.level_mask,
         row_scale is not None, comp is not None, return_lse,
-        tuning.length_bucket(lk), _dense_like(plan, sched), tuning.fast_exp_allowed() and fast_exp_ok,
+        tuning.length_bucket(lk), _dense_like(plan, sched),
     )
 
     tma_ok = _tma_ok([k, v, *pooled])
-    fast_exp_ok = q.dtype == torch.bfloat16 and not upcast and q.device.type == "cuda" and not _interpreting()
 
     def launch(cfg: tuning.KernelConfig) -> None:
         use_tma = bool(cfg.TMA) and tma_ok
@@ -410,7 +393,6 @@ def run_plan(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_NP=cfg.BLOCK_NP or cfg.BLOCK_N, D=d,
             CAUSAL=plan.causal, LEVEL_MASK=sched.level_mask,
             HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse, PREC=prec, UPCAST=upcast, USE_TMA=use_tma,
-            FAST_EXP=bool(cfg.FAST_EXP) and fast_exp_ok,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
@@ -422,7 +404,7 @@ def run_plan(
         end.synchronize()
         return start.elapsed_time(end)
 
-    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", time_ms, fast_exp=key[-1])
+    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", time_ms)
     launch(cfg)
     return (out, lse) if return_lse else out
 
