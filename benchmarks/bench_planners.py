@@ -52,8 +52,9 @@ def dense_ms(q, k, v, repeats):
     for name in ("cudnn", "flash", "efficient", "dense"):
         m = spbench.get_method(name)
         try:
-            t = time_fn(lambda: m(q, k, v), q.device, repeats=repeats, warmup=1).median_ms
-        except Exception:  # noqa: BLE001 - a backend unavailable for this input
+            t = time_fn(lambda m=m: m(q, k, v), q.device, repeats=repeats, warmup=1).median_ms
+        except Exception as exc:  # noqa: BLE001 - a backend unavailable for this input
+            print(f"dense {name}: unavailable ({type(exc).__name__})")
             continue
         if best is None or t < best[1]:
             best = (name, t)
@@ -79,7 +80,7 @@ def main() -> None:
     print(f"seq={seq} heads={args.heads} d={args.head_dim} {dtype} causal={args.causal}; dense: {dense}")
     for name, knobs in CONFIGS:
         m = spbench.get_method(name, causal=args.causal, **knobs)
-        plan_t = time_fn(lambda: m.plan(q, k, v), q.device, repeats=args.repeats, warmup=1).median_ms
+        plan_t = time_fn(lambda m=m: m.plan(q, k, v), q.device, repeats=args.repeats, warmup=1).median_ms
         score_t = time_fn(scoring_step(m, q, k), q.device, repeats=args.repeats, warmup=1).median_ms
         density = m.plan(q, k, v).density
         share = plan_t / dense[1] if dense else None

@@ -35,9 +35,9 @@ def brute_importance(q, k, q_off, k_off, bq, bk, causal):
                         seen = [u for u in all_k if not causal or u <= t]
                         if not seen:
                             continue
-                        s = lambda u: float(q[b, h, t].double() @ k[b, h // group, u].double()) * d**-0.5  # noqa: E731
-                        m_all = max(s(u) for u in seen)
-                        mine = [s(u) for u in kpos[j] if not causal or u <= t]
+                        logit = {u: float(q[b, h, t].double() @ k[b, h // group, u].double()) * d**-0.5 for u in seen}
+                        m_all = max(logit.values())
+                        mine = [logit[u] for u in kpos[j] if not causal or u <= t]
                         if mine:
                             best = max(best, math.exp(max(mine) - m_all))
                     out[b, h, i, j] = best

@@ -72,7 +72,7 @@ def test_keep_by_mass_is_the_smallest_prefix_reaching_tau():
     forced = torch.zeros(6, 12, dtype=torch.bool)
     forced[:, 3] = True
     n_visible, n_forced = sel.row_counts(visible, forced)
-    order, ranked = sel.rank_blocks(scores, visible, forced)
+    _, ranked = sel.rank_blocks(scores, visible, forced)
     for tau in (0.3, 0.9, 1.0):
         keep = sel.keep_by_mass(ranked, tau, n_forced, n_visible)
         for h in range(2):
