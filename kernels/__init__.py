@@ -6,6 +6,7 @@ import torch
 
 from spbench.kernels.executor import execute
 from spbench.kernels.pool import Pyramid, build_pyramid
+from spbench.kernels.tuning import chosen_config, pin_config
 from spbench.kernels.reference import exact_attention, pyramid_attention_reference
 from spbench.plan import Plan
 
@@ -22,4 +23,4 @@ def pyramid_attention(q, k, v, levels: torch.Tensor, block_q: int = 128, block_k
     return execute(q, k, v, plan, scale=scale, backend=backend, return_lse=return_lse, pyramid=pyramid)
 
 
-__all__ = ["Plan", "Pyramid", "build_pyramid", "exact_attention", "execute", "pyramid_attention", "pyramid_attention_reference"]
+__all__ = ["Plan", "Pyramid", "build_pyramid", "chosen_config", "pin_config", "exact_attention", "execute", "pyramid_attention", "pyramid_attention_reference"]
