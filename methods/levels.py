@@ -113,6 +113,7 @@ class Levels(PlannedMethod):
     name = "levels"
     aliases = ("random-levels",)
     summary = "planner-free random level map (mix of levels per row) for measuring the executor"
+    in_all = False  # its quality is meaningless: name it explicitly to sweep it
     knobs = {
         "mix": Knob(None, f"level:fraction of each row's blocks, e.g. {DEFAULT_MIX} (default when no budget)"),
         "seed": Knob(0, "seed of the random level map"),

@@ -76,6 +76,8 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     sparse: ClassVar[bool] = True
+    #: included in ``--methods all``; False for synthetic probes (``levels``) whose quality means nothing
+    in_all: ClassVar[bool] = True
     knobs: ClassVar[dict[str, Knob]] = {}
     #: head dims the method supports; None means any.
     head_dims: ClassVar[tuple[int, ...] | None] = None

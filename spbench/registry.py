@@ -125,13 +125,19 @@ def get_method(name: str, **knobs: Any) -> Method:
     return cls(**knobs)
 
 
-def method_names(sparse_only: bool = False) -> list[str]:
-    """Canonical names of loadable methods (optionally sparse ones only)."""
+def method_names(sparse_only: bool = False, sweepable: bool = False) -> list[str]:
+    """Canonical names of loadable methods.
+
+    ``sparse_only``: only sparse methods. ``sweepable``: only those that
+    ``--methods all`` selects (sparse, and not a synthetic probe).
+    """
     names = []
     for entry in entries().values():
         if entry.cls is None:
             continue
-        if sparse_only and not entry.cls.sparse:
+        if (sparse_only or sweepable) and not entry.cls.sparse:
+            continue
+        if sweepable and not entry.cls.in_all:
             continue
         names.append(entry.name)
     return sorted(names)

@@ -333,7 +333,7 @@ def expand_methods(patterns: list[str]) -> list[tuple[str, bool]]:
         if not pattern:
             continue
         if pattern == "all":
-            names = method_names(sparse_only=True)
+            names = method_names(sweepable=True)
             if not names:
                 raise SpbenchError("--methods all: no sparse method is registered")
             for name in names:

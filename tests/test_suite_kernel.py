@@ -80,7 +80,9 @@ def test_expand_methods(toys):
     assert "toy-wrap+toy-sparse" in composed and "toy-wrap+toy-wrap" not in composed
     from spbench.registry import method_names
 
-    assert [m for m, _ in suite.expand_methods(["all"])] == method_names(sparse_only=True)
+    selected = [m for m, _ in suite.expand_methods(["all"])]
+    assert selected == method_names(sweepable=True)
+    assert "levels" not in selected and "levels" in dict(suite.expand_methods(["levels"]))  # probes only by name
     with pytest.raises(SpbenchError, match="unknown method 'nosuch'"):
         suite.expand_methods(["toy-sparse", "nosuch"])
     with pytest.raises(SpbenchError, match="matches no registered method"):
@@ -205,7 +207,7 @@ def test_every_registered_sparse_method_runs_in_a_sweep(cli, tmp_path):
     """`--methods all` on a tiny shape: each method that supports it gets a recorded cell, then a report."""
     from spbench.registry import get_class, method_names
 
-    names = [m for m in method_names(sparse_only=True) if get_class(m).head_dims in (None,) or 64 in get_class(m).head_dims]
+    names = [m for m in method_names(sweepable=True) if get_class(m).head_dims in (None,) or 64 in get_class(m).head_dims]
     shape = ["--seq", "256", "--heads", "1", "--head-dim", "64", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--error-rows", "32"]
     result = cli("suite", "kernel", "--methods", "all", "--budgets", "0.25", *shape, "--out", tmp_path, "--run-id", "all")
     assert result.exit_code == 0, result.output
