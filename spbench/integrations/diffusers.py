@@ -33,6 +33,21 @@ Choices (each is a knob, recorded by :meth:`SparseAttention.describe`):
   consecutive tokens is a compact space-time patch. ``"none"`` keeps the
   model's row-major order; only then does a method with a ``grid`` knob
   (e.g. ``rectified``) get the grid, which it reads in row-major order.
+* ``reorder_scope`` (default ``"forward"``): where the reordering happens.
+  ``"forward"`` (Wan only): the video tokens are put in curve order *once per
+  transformer forward*, right before the first block, and back once after
+  the output projection; the rotary embedding handed to the blocks is
+  permuted the same way (once per forward). Every other op of a Wan block is
+  token-wise (modulation, norms, FFN, cross-attention with video queries),
+  so the blocks compute the same values, only in curve order, and the
+  self-attention processors do no gathers at all. Forwards that are dense
+  throughout (warm-up steps) are left in the model's order, so they stay
+  exactly the model's own computation. Wan2.2 TI2V's per-token timesteps
+  (``timestep`` of shape ``[B, L]``) modulate by token position, so those
+  forwards fall back to per-call reordering. ``"call"``: every sparse
+  attention call gathers Q/K/V into curve order and its output back (the
+  fallback for CogVideoX and HunyuanVideo, where text tokens share the
+  sequence).
 * Text tokens (joint attention): the method sees one sequence with the video
   tokens first (reordered) and the text tokens after them, whatever the
   model's own order, and a method with a ``text_len`` knob (e.g.
@@ -46,9 +61,11 @@ Choices (each is a knob, recorded by :meth:`SparseAttention.describe`):
 * Dense calls (warm-up) use torch SDPA exactly as the models' own processors
   do with the default backend.
 
-Measured per handle: attention time (CUDA events on GPU, wall clock on CPU)
-of every self-attention call, dense ones included; FLOP-weighted density of
-all calls (dense calls count 1) and of the sparse calls alone.
+Measured per handle: attention time (CUDA events on GPU, recorded without
+synchronising and read when :meth:`SparseAttention.stats` is called; wall
+clock on CPU) of every self-attention call, dense ones included, unless
+``timing=False``; FLOP-weighted density of all calls (dense calls count 1)
+and of the sparse calls alone.
 """
 
 from __future__ import annotations
@@ -66,19 +83,28 @@ from spbench.integrations.reorder import REORDERS, Reorderer, inverse_permutatio
 
 HANDLE_ATTR = "_spbench_sparse"
 TEXT_MODES = ("joint",)
+REORDER_SCOPES = ("forward", "call")
 
 
 # ---------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------
 class _Timer:
-    """Accumulates attention time: CUDA events on GPU (read lazily), wall clock on CPU."""
+    """Accumulates attention time: CUDA events on GPU (read lazily), wall clock on CPU.
 
-    def __init__(self) -> None:
+    Recording an event does not synchronise; the events are read (one
+    synchronisation) only by :meth:`total_s`. ``enabled=False`` records
+    nothing and reports None.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.cpu_s = 0.0
         self.events: list[tuple[Any, Any]] = []
 
     def start(self, device: torch.device):
+        if not self.enabled:
+            return None
         if device.type == "cuda":
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
@@ -86,6 +112,8 @@ class _Timer:
         return time.perf_counter()
 
     def stop(self, device: torch.device, token) -> None:
+        if not self.enabled:
+            return
         if device.type == "cuda":
             end = torch.cuda.Event(enable_timing=True)
             end.record()
@@ -93,7 +121,9 @@ class _Timer:
         else:
             self.cpu_s += time.perf_counter() - token
 
-    def total_s(self) -> float:
+    def total_s(self) -> float | None:
+        if not self.enabled:
+            return None
         if self.events:
             torch.cuda.synchronize()
             self.cpu_s += sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
@@ -110,12 +140,27 @@ def _arg(args: tuple, kwargs: dict, name: str, index: int):
     return args[index] if len(args) > index else None
 
 
+def _with_arg(args: tuple, kwargs: dict, name: str, index: int, value) -> tuple[tuple, dict]:
+    """(args, kwargs) with argument ``name`` (positional ``index``) replaced."""
+    if name in kwargs or len(args) <= index:
+        return args, {**kwargs, name: value}
+    return args[:index] + (value,) + args[index + 1 :], kwargs
+
+
 def _size(value) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, (tuple, list)) else (int(value),)
 
 
 class _Adapter:
     kind = ""
+    # Whether the once-per-forward reordering (reorder_scope="forward") is implemented.
+    forward_reorder = False
+
+    def install_forward_reorder(self, handle: "SparseAttention", transformer) -> list[Any]:
+        raise NotImplementedError
+
+    def forward_eligible(self, args: tuple, kwargs: dict) -> bool:
+        return self.forward_reorder
 
     def modules(self, transformer) -> list[tuple[str, torch.nn.Module]]:
         raise NotImplementedError
@@ -140,6 +185,56 @@ class _WanAdapter(_Adapter):
 
     def processor(self, handle, layer, original):
         return WanSparseProcessor(handle, layer, original)
+
+    forward_reorder = True
+
+    def install_forward_reorder(self, handle, transformer):
+        """Hooks that run a Wan forward's blocks on curve-ordered tokens.
+
+        Block 0's input (the patch embeddings, row-major) is gathered into
+        curve order; every block gets the rotary embedding permuted the same
+        way (computed once per forward); ``proj_out``'s output (the last
+        token-wise op before unpatchify) is gathered back. Blocks take
+        (hidden_states, encoder_hidden_states, temb, rotary_emb).
+        """
+        hooks = []
+
+        def block_pre(module, args, kwargs, first: bool):
+            order = handle._forward_order
+            if order is None:
+                return None
+            if first:
+                rope = _arg(args, kwargs, "rotary_emb", 3)
+                if not order.can_permute(rope):
+                    handle._forward_order = None  # an unknown rotary layout: this forward reorders per call
+                    return None
+                hidden = _arg(args, kwargs, "hidden_states", 0)
+                args, kwargs = _with_arg(args, kwargs, "hidden_states", 0, order.to_curve(hidden, dim=1))
+                order.entered = True
+            elif not order.entered:
+                return None
+            rope = _arg(args, kwargs, "rotary_emb", 3)
+            if rope is not None:
+                args, kwargs = _with_arg(args, kwargs, "rotary_emb", 3, order.rope(rope))
+            return args, kwargs
+
+        for i, block in enumerate(transformer.blocks):
+            hooks.append(block.register_forward_pre_hook(lambda m, a, k, _f=(i == 0): block_pre(m, a, k, _f), with_kwargs=True))
+
+        def proj_out_post(module, args, output):
+            order = handle._forward_order
+            if order is None or not order.entered:
+                return None
+            order.entered = False  # tokens are back in the model's order
+            return order.to_model(output, dim=1)
+
+        hooks.append(transformer.proj_out.register_forward_hook(proj_out_post))
+        return hooks
+
+    def forward_eligible(self, args, kwargs) -> bool:
+        # Wan2.2 TI2V: per-token timesteps [B, L] modulate by position (also after the blocks).
+        timestep = _arg(args, kwargs, "timestep", 1)
+        return not (isinstance(timestep, torch.Tensor) and timestep.ndim > 1)
 
 
 class _CogVideoXAdapter(_Adapter):
@@ -190,6 +285,55 @@ def adapter_for(transformer) -> _Adapter:
     raise SpbenchError(f"spbench has no attention integration for {type(transformer).__name__} (supported: {supported})")
 
 
+class ForwardOrder:
+    """One transformer forward whose blocks see the video tokens in curve order.
+
+    ``perm`` / ``inverse`` index the sequence dimension (``perm[i]`` is the
+    model's position of the i-th curve token). ``entered`` is True between the
+    first block's input gather and the output gather: only then are the
+    tokens a processor sees in curve order.
+    """
+
+    def __init__(self, perm: torch.Tensor, inverse: torch.Tensor) -> None:
+        self.perm = perm
+        self.inverse = inverse
+        self.video_len = perm.numel()
+        self.entered = False
+        self._rope_key: Any = None
+        self._rope: Any = None
+
+    def to_curve(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.index_select(dim, self.perm)
+
+    def to_model(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.index_select(dim, self.inverse)
+
+    def _seq_dim(self, t) -> int | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        dims = [d for d in range(t.ndim) if t.shape[d] == self.video_len]
+        return dims[0] if len(dims) == 1 else None
+
+    def can_permute(self, rope) -> bool:
+        if rope is None:
+            return True
+        parts = rope if isinstance(rope, (tuple, list)) else (rope,)
+        return all(self._seq_dim(t) is not None for t in parts)
+
+    def rope(self, rope):
+        """The rotary embedding in curve order, computed once per forward.
+
+        The model computes it once and hands the same object to every block;
+        a different object (another forward) is permuted afresh.
+        """
+        if self._rope_key is not rope:
+            parts = rope if isinstance(rope, (tuple, list)) else (rope,)
+            permuted = tuple(t.index_select(self._seq_dim(t), self.perm) for t in parts)
+            self._rope_key = rope
+            self._rope = type(rope)(permuted) if isinstance(rope, (tuple, list)) else permuted[0]
+        return self._rope
+
+
 # ---------------------------------------------------------------------------
 # The handle: configuration, step tracking, accounting
 # ---------------------------------------------------------------------------
@@ -216,6 +360,7 @@ class _Stats:
     sparse_work: float = 0.0
     sparse_planned: float = 0.0
     timer: _Timer = field(default_factory=_Timer)
+    forward_reorders: int = 0  # forwards whose blocks ran in curve order
 
 
 class SparseAttention:
@@ -231,11 +376,15 @@ class SparseAttention:
         reorder: str,
         total_steps: int | None,
         text: str,
+        reorder_scope: str = "forward",
+        timing: bool = True,
     ) -> None:
         from spbench.registry import get_method
 
         if reorder not in REORDERS:
             raise SpbenchError(f"reorder must be one of {', '.join(REORDERS)}, got {reorder!r}")
+        if reorder_scope not in REORDER_SCOPES:
+            raise SpbenchError(f"reorder_scope must be one of {', '.join(REORDER_SCOPES)}, got {reorder_scope!r}")
         if text not in TEXT_MODES:
             raise SpbenchError(f"text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
         try:
@@ -254,6 +403,8 @@ class SparseAttention:
         self.dense_steps = dense_steps
         self.dense_layers = int(dense_layers)
         self.reorder = reorder
+        self.reorder_scope = reorder_scope
+        self.timing = bool(timing)
         self.total_steps = int(total_steps) if total_steps is not None else None
         self.text = text
         self.base_method = get_method(method, **({"budget": budget} if budget is not None else {}), **self.knobs)
@@ -271,6 +422,8 @@ class SparseAttention:
         self.grid: tuple[int, int, int] | None = None
         self.current_transformer = 0
         self._dense_steps_resolved: int | None = None
+        self._forward_order: ForwardOrder | None = None
+        self.num_layers = 0  # self-attention layers per transformer (set by apply)
         self.reset_stats()
 
     # -- what gets recorded ---------------------------------------------------
@@ -283,11 +436,12 @@ class SparseAttention:
             "dense_steps": self.dense_steps,
             "dense_layers": self.dense_layers,
             "reorder": self.reorder,
+            "reorder_scope": self.reorder_scope,
             "text": self.text,
         }
 
     def reset_stats(self) -> None:
-        self._stats = _Stats()
+        self._stats = _Stats(timer=_Timer(self.timing))
 
     def reset(self) -> None:
         """Start a new generation: step counter to its start, statistics cleared."""
@@ -302,7 +456,9 @@ class SparseAttention:
         ``attention_s``: time in self-attention (all calls); ``dense_calls``:
         warm-up calls run with SDPA; ``sparse_calls``: calls that ran the
         method; ``density``: FLOP-weighted over all calls (warm-up counts 1);
-        ``sparse_density``: over the method's calls only.
+        ``sparse_density``: over the method's calls only; ``forward_reorders``:
+        transformer forwards whose blocks ran in curve order (``attention_s``
+        is None with ``timing=False``).
         """
         s = self._stats
         return {
@@ -314,6 +470,7 @@ class SparseAttention:
             "sparse_density": s.sparse_planned / s.sparse_work if s.sparse_work else None,
             "steps": self.step + 1,
             "dense_steps_run": self._dense_steps_resolved,
+            "forward_reorders": s.forward_reorders,
         }
 
     # -- step tracking ----------------------------------------------------------
@@ -354,6 +511,29 @@ class SparseAttention:
         if self.step < 0:
             self.step = 0
         self._last_t = t
+        self._forward_order = None
+        if self._forward_reorder_wanted(adapter, args, kwargs):
+            self.begin_forward_order(hidden.device)
+
+    def _forward_reorder_wanted(self, adapter: _Adapter, args, kwargs) -> bool:
+        if self.reorder == "none" or self.reorder_scope != "forward" or not adapter.forward_reorder or self.grid is None:
+            return False
+        if not adapter.forward_eligible(args, kwargs):
+            return False
+        # A forward that is dense throughout (warm-up step) stays the model's own computation.
+        return any(not self.is_dense(layer) for layer in range(self.num_layers))
+
+    def begin_forward_order(self, device) -> ForwardOrder:
+        """Mark the coming blocks as running on curve-ordered tokens (the hooks gather)."""
+        video_len = math.prod(self.grid)
+        perm, inverse = self._reorderer(self.grid, video_len).indices(video_len, torch.device(device))
+        self._forward_order = ForwardOrder(perm, inverse)
+        self._stats.forward_reorders += 1
+        return self._forward_order
+
+    def tokens_in_curve_order(self) -> bool:
+        """True while the processors see video tokens already in curve order."""
+        return self._forward_order is not None and self._forward_order.entered
 
     def is_dense(self, layer: int) -> bool:
         if layer < self.dense_layers:
@@ -433,10 +613,14 @@ class SparseAttention:
         reordering then gathers straight into it, saving a copy).
         """
         stats = self._stats
+        upstream = text_len == 0 and self.tokens_in_curve_order()
         if self.capture is not None:
             position = "none" if not text_len else ("first" if text_first else "last")
             info = CallInfo(layer, max(self.step, 0), self.call_in_step, self.grid, int(text_len), position, self.current_transformer)
-            self.capture(info, q, k, v)
+            if upstream:  # captures are in the model's own token order
+                self.capture(info, *(self._forward_order.to_model(t, dim=2) for t in (q, k, v)))
+            else:
+                self.capture(info, q, k, v)
         weight = float(q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2])
         token = stats.timer.start(q.device)
         if self.is_dense(layer):
@@ -445,7 +629,7 @@ class SparseAttention:
             density = 1.0
             stats.dense_calls += 1
         else:
-            out, density = self._sparse(q, k, v, text_len, text_first, key_valid, layout == "bshd")
+            out, density = self._sparse(q, k, v, text_len, text_first, key_valid, layout == "bshd", upstream)
             stats.sparse_calls += 1
             stats.sparse_work += weight
             stats.sparse_planned += weight * density
@@ -455,9 +639,13 @@ class SparseAttention:
         stats.planned += weight * density
         return out
 
-    def _sparse(self, q, k, v, text_len: int, text_first: bool, key_valid, bshd: bool) -> tuple[torch.Tensor, float]:
-        order = self.sequence_order(q.shape[2], text_len, text_first, q.device)
-        if order is not None:
+    def _sparse(self, q, k, v, text_len: int, text_first: bool, key_valid, bshd: bool, upstream: bool = False) -> tuple[torch.Tensor, float]:
+        # upstream: the tokens are already in curve order (reorder_scope="forward"):
+        # no gathers, and no copies either, since the kernels read strided Q/K/V.
+        order = None if upstream else self.sequence_order(q.shape[2], text_len, text_first, q.device)
+        if upstream:
+            pass
+        elif order is not None:
             # index_select on the (possibly transposed) views also makes them contiguous.
             q, k, v = (t.index_select(2, order[0]) for t in (q, k, v))
             if key_valid is not None:
@@ -522,7 +710,9 @@ class WanSparseProcessor(_SparseProcessorBase):
         if rotary_emb is not None:
             query = _wan_rotary(query, *rotary_emb)
             key = _wan_rotary(key, *rotary_emb)
-        # [B, L, H, D] -> [B, H, L, D] for spbench, and back.
+        # [B, L, H, D] -> [B, H, L, D] for spbench, and back. Q and K come out of
+        # the rotary embedding already [B, H, L, D]-contiguous (no copy); V stays a
+        # strided view, which the kernels read in place.
         out = self.handle.attend(self.layer, query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout="bshd")
         out = out.flatten(2, 3).type_as(query)
         out = attn.to_out[0](out)
@@ -537,11 +727,17 @@ def _wan_qkv(attn, hidden_states: torch.Tensor):
 
 
 def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved rotary embedding on ``[B, L, H, D]`` (same arithmetic as diffusers)."""
+    """Wan's interleaved rotary embedding on ``[B, L, H, D]`` (same arithmetic as diffusers).
+
+    The result is a ``[B, L, H, D]`` view of ``[B, H, L, D]``-contiguous
+    storage: the layout spbench's methods read best, written for free by the
+    copy the embedding makes anyway.
+    """
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos = freqs_cos[..., 0::2]
     sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
+    bsz, seq, heads, dim = x.shape
+    out = torch.empty(bsz, heads, seq, dim, dtype=x.dtype, device=x.device).transpose(1, 2)
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(x)
@@ -663,6 +859,8 @@ def apply(
     reorder: str = "hilbert",
     total_steps: int | None = None,
     text: str = "joint",
+    reorder_scope: str = "forward",
+    timing: bool = True,
     **knobs: Any,
 ) -> SparseAttention:
     """Attach ``method`` to the self-attention of a pipeline's transformer(s) or of a bare transformer.
@@ -670,6 +868,9 @@ def apply(
     Returns the handle (also stored on each transformer) whose ``stats()``
     gives attention time and measured density, and ``describe()`` the knobs
     for records. Applying twice replaces the first application.
+    ``reorder_scope="forward"`` reorders once per transformer forward where
+    the model's adapter implements it (Wan), per attention call elsewhere;
+    ``"call"`` always per call. ``timing=False`` skips the attention timer.
     """
     transformers, pipeline = _transformers_of(target)
     adapters = [adapter_for(t) for t in transformers]
@@ -678,12 +879,13 @@ def apply(
             f"dense_steps={dense_steps} is a fraction of the denoising steps, which a bare transformer does not know: pass total_steps=N or a whole number of dense steps"
         )
     remove(target)
-    handle = SparseAttention(method, budget, knobs, dense_steps, dense_layers, reorder, total_steps, text)
+    handle = SparseAttention(method, budget, knobs, dense_steps, dense_layers, reorder, total_steps, text, reorder_scope, timing)
     handle.pipeline = pipeline
     handle.transformers = transformers
     layer_offset = 0
     for index, (transformer, adapter) in enumerate(zip(transformers, adapters)):
         modules = adapter.modules(transformer)
+        handle.num_layers = max(handle.num_layers, len(modules))
         for layer, (_, module) in enumerate(modules):
             original = module.processor
             handle._originals.append((module, original))
@@ -692,7 +894,13 @@ def apply(
         def hook(mod, args, kwargs, _i=index, _a=adapter):
             handle._pre_forward(_i, _a, mod, args, kwargs)
 
+        def done(mod, args, output):
+            handle._forward_order = None
+
         handle._hooks.append(transformer.register_forward_pre_hook(hook, with_kwargs=True))
+        if reorder != "none" and reorder_scope == "forward" and adapter.forward_reorder:
+            handle._hooks.extend(adapter.install_forward_reorder(handle, transformer))
+        handle._hooks.append(transformer.register_forward_hook(done))
         setattr(transformer, HANDLE_ATTR, handle)
         layer_offset += len(modules)
     return handle
@@ -721,6 +929,7 @@ def remove(target) -> bool:
             hook.remove()
         handle._originals.clear()
         handle._hooks.clear()
+        handle._forward_order = None
         for t in handle.transformers:
             if getattr(t, HANDLE_ATTR, None) is handle:
                 delattr(t, HANDLE_ATTR)
