@@ -10,16 +10,36 @@ What is timed, per method, at the Wan2.1-14B 720p self-attention shape
 * ``method``: ``m.run(q, k, v, m.plan(q, k, v))`` alone, on contiguous
   ``[B, H, L, D]`` tensors already in the order the method sees (curve order
   with ``--reorder hilbert``), i.e. the sparse attention itself;
-* ``processor``: what a spbench processor does between the model's
-  projections and its output projection: :meth:`SparseAttention.attend` on
-  the strided ``[B, H, L, D]`` views of the ``[B, L, H, D]`` projections a
-  diffusers processor holds (reordering gather, the method, inverse gather
-  straight into ``[B, L, H, D]``, CUDA events, density bookkeeping), then
-  the ``flatten`` to ``[B, L, H*D]``;
-* ``overhead = (processor - method) / method``; the target is below 5%;
-* ``gathers``: the reordering index_selects alone (3 inputs + 1 output);
-* ``transpose``: the ``[B, H, L, D] -> [B, L, H*D]`` copy the models' own
-  dense processors pay anyway (the inverse gather replaces it here);
+* two processor paths, each what a spbench processor does between the
+  model's projections and its output projection
+  (:meth:`SparseAttention.attend`, CUDA events, density bookkeeping, then the
+  ``flatten`` to ``[B, L, H*D]``):
+
+  - ``call`` (``reorder_scope="call"``, the fallback for joint-attention
+    models): ``attend`` on the strided ``[B, H, L, D]`` views of
+    row-major ``[B, L, H, D]`` projections: reordering gathers of Q/K/V, the
+    method, the inverse gather straight into ``[B, L, H, D]``;
+  - ``forward`` (``reorder_scope="forward"``, Wan): the tokens are already
+    in curve order, Q/K ``[B, H, L, D]``-contiguous as the processor's rotary
+    embedding writes them, V the strided view of its projection; ``attend``
+    runs the method on them as they are, then the output is copied to
+    ``[B, L, H*D]``. Its per-call overhead also counts the difference between
+    spbench's rotary embedding (``[B, H, L, D]`` storage) and the model's own
+    (``rope delta``, measured once; may be negative);
+
+* ``amortised``: the ``forward`` path's once-per-forward work (gather of the
+  ``[B, L, H*D]`` block-0 input, the permuted rotary embedding, the inverse
+  gather of ``proj_out``'s ``[B, L, C*prod(patch)]`` output) divided by the
+  sparse layers of a forward (``--layers - --dense-layers``: 40 - 1 = 39 for
+  Wan2.1-14B with the default dense first layer);
+* ``overhead``: ``call``: ``(processor - method) / method``; ``forward``:
+  ``(processor - method + rope delta + amortised) / method``. Target < 5%;
+* ``method strided``: the method alone on the ``forward`` path's inputs
+  (what strided V costs the method), ``v copy``: making V contiguous
+  instead (not done);
+* ``gathers``: the per-call reordering index_selects alone (3 inputs + 1
+  output); ``transpose``: the ``[B, H, L, D] -> [B, L, H*D]`` output copy
+  (what the ``forward`` path still pays per call);
 * ``dense``: torch SDPA at the same shape, for scale.
 
 Method and processor calls alternate within each repeat (CUDA events, L2
@@ -80,6 +100,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--text-len", type=int, default=0, help="joint text tokens (CogVideoX 226, HunyuanVideo 256); 0 for Wan")
     p.add_argument("--text-first", action="store_true", help="text tokens before the video (CogVideoX)")
+    p.add_argument("--layers", type=int, default=40, help="self-attention layers per forward (Wan2.1-14B: 40)")
+    p.add_argument("--dense-layers", type=int, default=1, help="leading dense layers (spbench's default 1)")
+    p.add_argument("--out-dim", type=int, default=64, help="proj_out width, out channels x patch volume (Wan: 16 x 1x2x2)")
     p.add_argument("--reorder", default="hilbert", choices=("hilbert", "none"))
     p.add_argument("--workload", default="video", choices=("video", "random"))
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
@@ -120,10 +143,16 @@ def timed(fn, device, flush_buf) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def measure(name, args, knobs, grid, inputs, device, flush_buf) -> dict:
+def forward_inputs(views, order):
+    """The ``forward`` path's Q/K/V: curve order, Q/K [B, H, L, D]-contiguous, V a strided view."""
+    curve = [t.index_select(2, order[0]) if order is not None else t for t in views]
+    return curve[0].contiguous(), curve[1].contiguous(), curve[2].transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def measure(name, args, knobs, grid, inputs, device, flush_buf, once) -> dict:
     from spbench.integrations.diffusers import SparseAttention
 
-    handle = SparseAttention(name, args.budget, knobs, dense_steps=0, dense_layers=0, reorder=args.reorder, total_steps=1, text="joint")
+    handle = SparseAttention(name, args.budget, knobs, dense_steps=0, dense_layers=0, reorder=args.reorder, total_steps=1, text="joint", reorder_scope="call")
     handle.grid = tuple(grid)
     handle._dense_steps_resolved = 0
     qs, ks, vs = inputs  # [B, L, H, D]
@@ -135,12 +164,26 @@ def measure(name, args, knobs, grid, inputs, device, flush_buf) -> dict:
         ordered = [t.contiguous() for t in views]
     method = handle.method_for(args.text_len, handle.grid)
     text = dict(text_len=args.text_len, text_first=args.text_first)
+    # The forward path (Wan, no text): a second handle whose forward is in curve order.
+    fwd = None
+    if not args.text_len and args.reorder != "none":
+        fwd_handle = SparseAttention(name, args.budget, knobs, dense_steps=0, dense_layers=0, reorder=args.reorder, total_steps=1, text="joint", reorder_scope="forward")
+        fwd_handle.grid = tuple(grid)
+        fwd_handle._dense_steps_resolved = 0
+        fwd_handle.begin_forward_order(device).entered = True
+        fwd = forward_inputs(views, order)
 
     def run_method():
         return method.run(*ordered, method.plan(*ordered))
 
+    def run_method_strided():
+        return method.run(*fwd, method.plan(*fwd))
+
     def run_processor():
         return handle.attend(1, *views, layout="bshd", **text).flatten(2, 3)
+
+    def run_forward():
+        return fwd_handle.attend(1, *fwd, layout="bshd").flatten(2, 3)
 
     def run_gathers():
         if order is None:
@@ -151,29 +194,98 @@ def measure(name, args, knobs, grid, inputs, device, flush_buf) -> dict:
     def run_transpose():
         return ordered[0].transpose(1, 2).flatten(2, 3)
 
+    def run_v_copy():
+        return fwd[2].contiguous()
+
+    fns = {"method": run_method, "processor": run_processor, "gathers": run_gathers, "transpose": run_transpose}
+    if fwd is not None:
+        fns.update({"forward": run_forward, "method_strided": run_method_strided, "v_copy": run_v_copy})
     for _ in range(args.warmup):
-        run_method()
-        run_processor()
-    samples = {"method": [], "processor": [], "gathers": [], "transpose": []}
+        for key in ("method", "processor", "forward", "method_strided"):
+            if key in fns:
+                fns[key]()
+    samples = {key: [] for key in fns}
     for _ in range(args.repeats):
-        samples["method"].append(timed(run_method, device, flush_buf))
-        samples["processor"].append(timed(run_processor, device, flush_buf))
-        samples["gathers"].append(timed(run_gathers, device, flush_buf))
-        samples["transpose"].append(timed(run_transpose, device, flush_buf))
+        for key, fn in fns.items():
+            samples[key].append(timed(fn, device, flush_buf))
     med = {key: statistics.median(vals) for key, vals in samples.items()}
     stats = handle.stats()
-    return {
+    m = med["method"]
+    row = {
         "method": name,
         "budget": args.budget,
         "params": knobs,
         "density": stats["sparse_density"],
-        "method_ms": med["method"],
+        "method_ms": m,
         "processor_ms": med["processor"],
-        "overhead_ms": med["processor"] - med["method"],
-        "overhead": (med["processor"] - med["method"]) / med["method"] if med["method"] > 0 else None,
+        "overhead_ms": med["processor"] - m,
+        "overhead": (med["processor"] - m) / m if m > 0 else None,
         "gathers_ms": med["gathers"],
         "transpose_ms": med["transpose"],
-        "samples_ms": samples,
+    }
+    if fwd is not None:
+        per_call = med["forward"] - m + once["rope_delta_ms"]
+        total = per_call + once["amortised_ms"]
+        row.update(
+            {
+                "forward_processor_ms": med["forward"],
+                "forward_per_call_ms": per_call,
+                "forward_amortised_ms": once["amortised_ms"],
+                "forward_overhead_ms": total,
+                "forward_overhead_per_call": per_call / m if m > 0 else None,
+                "forward_overhead": total / m if m > 0 else None,
+                "method_strided_ms": med["method_strided"],
+                "v_copy_ms": med["v_copy"],
+                "forward_density": fwd_handle.stats()["sparse_density"],
+            }
+        )
+    row["samples_ms"] = samples
+    return row
+
+
+def once_per_forward(args, grid, inputs, device, flush_buf) -> dict:
+    """The forward path's once-per-forward reorder and its rotary-embedding layout, timed."""
+    from spbench.integrations.diffusers import _wan_rotary
+    from spbench.integrations.reorder import Reorderer
+
+    qs = inputs[0]  # [B, L, H, D]
+    bsz, seq, heads, dim = qs.shape
+    video = grid[0] * grid[1] * grid[2]
+    perm, inverse = Reorderer(args.reorder, grid).indices(video, device)
+    hidden = qs.reshape(bsz, seq, heads * dim)  # the block-0 input [B, L, H*D]
+    proj = torch.randn(bsz, seq, args.out_dim, dtype=qs.dtype, device=device)
+    rope = [torch.randn(1, seq, 1, dim, dtype=torch.float32, device=device) for _ in range(2)]
+
+    def reorder():
+        hidden.index_select(1, perm)
+        [t.index_select(1, perm) for t in rope]
+        proj.index_select(1, inverse)
+
+    def model_rope():  # diffusers' WanAttnProcessor: into [B, L, H, D]
+        x1, x2 = qs.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = rope[0][..., 0::2], rope[1][..., 1::2]
+        out = torch.empty_like(qs)
+        out[..., 0::2] = x1 * cos - x2 * sin
+        out[..., 1::2] = x1 * sin + x2 * cos
+        return out
+
+    def spbench_rope():
+        return _wan_rotary(qs, *rope)
+
+    fns = {"reorder": reorder, "model_rope": model_rope, "spbench_rope": spbench_rope}
+    for _ in range(args.warmup):
+        for fn in fns.values():
+            fn()
+    med = {key: statistics.median(timed(fn, device, flush_buf) for _ in range(args.repeats)) for key, fn in fns.items()}
+    sparse_layers = max(args.layers - args.dense_layers, 1)
+    return {
+        "forward_reorder_ms": med["reorder"],
+        "sparse_layers": sparse_layers,
+        "amortised_ms": med["reorder"] / sparse_layers,
+        "model_rope_ms": med["model_rope"],
+        "spbench_rope_ms": med["spbench_rope"],
+        # Per call, for Q and K.
+        "rope_delta_ms": 2 * (med["spbench_rope"] - med["model_rope"]),
     }
 
 
@@ -197,9 +309,10 @@ def main(argv=None) -> int:
     flush_buf = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device=device) if device.type == "cuda" else None
     rows, failures = [], {}
     with torch.no_grad():
+        once = once_per_forward(args, grid, inputs, device, flush_buf) if not args.text_len and args.reorder != "none" else None
         for name in parse_list(args.methods):
             try:
-                rows.append(measure(name, args, knobs, grid, inputs, device, flush_buf))
+                rows.append(measure(name, args, knobs, grid, inputs, device, flush_buf, once))
             except Exception as exc:  # one method failing must not lose the others
                 failures[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             if device.type == "cuda":
@@ -207,10 +320,23 @@ def main(argv=None) -> int:
         dense = dense_ms(inputs, args, device, flush_buf)
     seq = grid[0] * grid[1] * grid[2] + args.text_len
     print(f"diffusers processor overhead: grid {args.grid} (+{args.text_len} text), {seq} tokens, {args.heads} heads x {args.head_dim}, {args.dtype}, reorder={args.reorder}, {device}")
+    pct = lambda x: f"{100 * x:.2f}%" if x is not None else "-"  # noqa: E731
+    print("reorder per attention call (reorder_scope=call):")
     print(f"{'method':<14}{'density':>9}{'method ms':>12}{'processor ms':>14}{'overhead':>10}{'gathers ms':>12}{'transpose ms':>14}")
     for r in rows:
-        ov = f"{100 * r['overhead']:.2f}%" if r["overhead"] is not None else "-"
-        print(f"{r['method']:<14}{r['density']:>9.3f}{r['method_ms']:>12.2f}{r['processor_ms']:>14.2f}{ov:>10}{r['gathers_ms']:>12.2f}{r['transpose_ms']:>14.2f}")
+        print(f"{r['method']:<14}{r['density']:>9.3f}{r['method_ms']:>12.2f}{r['processor_ms']:>14.2f}{pct(r['overhead']):>10}{r['gathers_ms']:>12.2f}{r['transpose_ms']:>14.2f}")
+    if once is not None:
+        print(
+            f"reorder once per forward (reorder_scope=forward): forward reorder {once['forward_reorder_ms']:.3f} ms / {once['sparse_layers']} sparse layers"
+            f" = {once['amortised_ms']:.4f} ms amortised per call; rope delta (Q+K) {once['rope_delta_ms']:+.3f} ms per call"
+        )
+        print(f"{'method':<14}{'method ms':>12}{'processor ms':>14}{'per-call ms':>13}{'amortised ms':>14}{'per-call':>10}{'overhead':>10}{'strided ms':>12}{'v copy ms':>11}")
+        for r in rows:
+            if "forward_processor_ms" in r:
+                print(
+                    f"{r['method']:<14}{r['method_ms']:>12.2f}{r['forward_processor_ms']:>14.2f}{r['forward_per_call_ms']:>13.3f}{r['forward_amortised_ms']:>14.4f}"
+                    f"{pct(r['forward_overhead_per_call']):>10}{pct(r['forward_overhead']):>10}{r['method_strided_ms']:>12.2f}{r['v_copy_ms']:>11.3f}"
+                )
     for name, err in failures.items():
         print(f"{name:<14} failed: {err}")
     print(f"dense SDPA (+ output transpose): {dense:.2f} ms; target: overhead < 5%")
@@ -223,6 +349,7 @@ def main(argv=None) -> int:
             "gpu": gpu,
             "torch": torch.__version__,
             "dense_ms": dense,
+            "once_per_forward": once,
             "rows": rows,
             "failures": failures,
             "target_overhead": 0.05,
