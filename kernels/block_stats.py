@@ -23,14 +23,22 @@ except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
 
+def block_counts(length: int, block: int, n: int, device) -> torch.Tensor:
+    """Rows of each block, int64 ``[n]`` (the last one ragged), built on the device.
+
+    (Writing the ragged count into a ``full`` tensor from Python would be a
+    host-to-device copy, which synchronises.)
+    """
+    return torch.clamp(length - torch.arange(n, device=device) * block, max=block)
+
+
 def block_stats_reference(x: torch.Tensor, block: int, with_mad: bool = True):
     """Plain-PyTorch reference: (mean, mad or None, counts), fp32 ``[B, H, N, D]``."""
     bsz, heads, length, dim = x.shape
     n = (length + block - 1) // block
     pad = n * block - length
     xf = torch.nn.functional.pad(x.float(), (0, 0, 0, pad)).view(bsz, heads, n, block, dim)
-    counts = torch.full((n,), block, dtype=torch.int64, device=x.device)
-    counts[-1] = block - pad
+    counts = block_counts(length, block, n, x.device)
     valid = (torch.arange(n * block, device=x.device) < length).view(n, block, 1)
     mean = xf.sum(3) / counts.float()[:, None]
     mad = None
@@ -96,8 +104,7 @@ def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
         BLOCK=block, CHUNK=chunk, BLOCK_D=triton.next_power_of_2(max(dim, 16)), WITH_MAD=with_mad,
         num_warps=4,
     )
-    counts = torch.full((n,), block, dtype=torch.int64, device=x.device)
-    counts[-1] = length - (n - 1) * block
+    counts = block_counts(length, block, n, x.device)
     return mean, (mad if with_mad else None), counts
 
 

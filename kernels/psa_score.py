@@ -106,13 +106,18 @@ def _sampled_rowmax(
         kt = tl.load(k_base + kpos[:, None] * skl + dims[None, :] * skd, mask=col_ok[:, None], other=0.0)
         if DOT_F32:
             kt = kt.to(tl.float32)
-        s = tl.dot(qt, tl.trans(kt)) * qk_scale
-        valid = col_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            valid = valid & (kpos[None, :] <= qpos[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        bmax = tl.max(tl.reshape(s, [M, KB, SK]), axis=2)
+        s = tl.dot(qt, tl.trans(kt))
         kvb = t * KB + tl.arange(0, KB).to(tl.int64)
+        if CAUSAL:
+            valid = col_ok[None, :] & row_ok[:, None] & (kpos[None, :] <= qpos[:, None])
+            bmax = tl.max(tl.reshape(tl.where(valid, s * qk_scale, float("-inf")), [M, KB, SK]), axis=2)
+        else:
+            # Scaling by qk_scale > 0 commutes with the max (rounding is
+            # monotonic), so scale the M x KB maxima, not the M x N logits.
+            # A KV block's samples are all valid or all not: mask per block.
+            # Rows past the end are never stored and never reach m_all's store.
+            bmax = tl.max(tl.reshape(s, [M, KB, SK]), axis=2) * qk_scale
+            bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))
         tl.store(out_base + ridx[:, None] * nkv + kvb[None, :], bmax, mask=row_ok[:, None] & (kvb < nkv)[None, :])
         m_all = tl.maximum(m_all, tl.max(bmax, axis=1))
     tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + ridx, m_all, mask=row_ok)
@@ -143,8 +148,9 @@ def _block_max(
 
 
 def _normalise_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Rows over their sums, in place; an all-zero row (scores are >= 0) stays 0 (0 / tiny)."""
     total = scores.sum(-1, keepdim=True)
-    return torch.where(total > 0, scores / total.clamp(min=torch.finfo(torch.float32).tiny), scores)
+    return scores.div_(total.clamp_(min=torch.finfo(torch.float32).tiny))
 
 
 def psa_importance(

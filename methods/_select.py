@@ -20,6 +20,9 @@ threshold), then visible blocks by descending score, invisible blocks last.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from spbench.plan import block_areas, num_blocks
@@ -77,18 +80,75 @@ def forced_blocks(
     return forced & visible
 
 
-def rank_blocks(scores: torch.Tensor, visible: torch.Tensor, forced: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_blocks(
+    scores: torch.Tensor,
+    visible: torch.Tensor,
+    forced: torch.Tensor,
+    ranked: bool = True,
+    all_visible: bool = False,
+    any_forced: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sort each row: forced blocks first, then visible blocks by descending score, invisible last.
 
     ``scores`` ``[..., NQ, NKV]`` (non-negative block scores), ``visible`` and
     ``forced`` broadcastable to it. Returns ``(order, ranked)``: the block
     index at each rank, and the scores in rank order with invisible blocks
-    zeroed (so cumulative sums are shares of the visible mass).
+    zeroed (so cumulative sums are shares of the visible mass); ``ranked``
+    is None when not asked for (the count-based rules need only the order).
+    ``all_visible`` / ``any_forced`` (host flags from :func:`layout`) skip
+    the mask passes that would not change anything.
     """
-    masked = scores.float().masked_fill(~visible, 0.0)
-    key = masked.masked_fill(~visible, float("-inf")).masked_fill(forced, float("inf"))
+    masked = scores.float()
+    if not all_visible:
+        masked = masked.masked_fill(~visible, 0.0)
+        key = masked.masked_fill(~visible, float("-inf"))
+    else:
+        key = masked
+    if any_forced:
+        key = key.masked_fill(forced, float("inf"))
     order = torch.sort(key, dim=-1, descending=True).indices
-    return order, torch.gather(masked, -1, order)
+    return order, (torch.gather(masked, -1, order) if ranked else None)
+
+
+class Layout(NamedTuple):
+    """Position-only masks of a block grid (see :func:`layout`)."""
+
+    visible: torch.Tensor  # [NQ, NKV] bool
+    forced: torch.Tensor  # [NQ, NKV] bool
+    n_visible: torch.Tensor  # [NQ] int64
+    n_forced: torch.Tensor  # [NQ] int64
+    all_visible: bool
+    any_forced: bool
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(q_len, kv_len, block_q, block_kv, causal, diagonal, sink, device) -> Layout:
+    visible = block_visibility(q_len, kv_len, block_q, block_kv, causal, device)
+    forced = forced_blocks(q_len, kv_len, block_q, block_kv, causal, diagonal, sink, device)
+    n_visible, n_forced = row_counts(visible, forced)
+    return Layout(visible, forced, n_visible, n_forced, bool(visible.all()), bool(forced.any()))
+
+
+def layout(q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bool, diagonal: bool, sink: bool, device=None) -> Layout:
+    """Visibility, forced blocks and their row counts, cached per layout and device.
+
+    They depend on positions only, so repeated plans of one shape (every
+    denoising step, every benchmark repeat) build them once; the host flags
+    are read once then too. Treat the tensors as read-only.
+    """
+    return _layout(q_len, kv_len, block_q, block_kv, bool(causal), bool(diagonal), bool(sink), str(torch.device(device or "cpu")))
+
+
+@functools.lru_cache(maxsize=64)
+def _budget_keep(budget, q_len, kv_len, block_q, block_kv, causal, diagonal, sink, device) -> torch.Tensor:
+    lay = _layout(q_len, kv_len, block_q, block_kv, causal, diagonal, sink, device)
+    counts = budget_counts(budget, q_len, kv_len, block_q, block_kv, causal, lay.forced)
+    return keep_by_count(counts, lay.visible.shape[-1]).to(torch.int8)
+
+
+def budget_keep(budget: float, q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bool, diagonal: bool, sink: bool, device=None) -> torch.Tensor:
+    """Rank-order keep mask (int8 ``[NQ, NKV]``) of :func:`budget_counts` on :func:`layout`'s forced blocks, cached."""
+    return _budget_keep(float(budget), q_len, kv_len, block_q, block_kv, bool(causal), bool(diagonal), bool(sink), str(torch.device(device or "cpu")))
 
 
 def rank_positions(nkv: int, device=None) -> torch.Tensor:

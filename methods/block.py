@@ -66,8 +66,11 @@ class BlockSparse(PlannedMethod):
         check_fraction("topk", self.params["topk"], low_open=True)
         check_fraction("tau", self.params["tau"], low_open=True)
 
-    def block_scores(self, q: torch.Tensor, k: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """Softmax over visible KV blocks of the block-mean logits, fp32 ``[B, Hq, NQ, NKV]``."""
+    def block_scores(self, q: torch.Tensor, k: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """Softmax over visible KV blocks of the block-mean logits, fp32 ``[B, Hq, NQ, NKV]``.
+
+        ``visible`` None means every block is visible (no mask pass).
+        """
         bsz, hq, _, dim = q.shape
         hkv = k.shape[1]
         q_mean = sel.block_means(q, self.params["block_q"])
@@ -77,25 +80,27 @@ class BlockSparse(PlannedMethod):
         nq, nkv = q_mean.shape[2], k_mean.shape[2]
         # GQA: the query heads of one KV head form one matmul (no K repeat).
         logits = torch.matmul(q_mean.view(bsz, hkv, (hq // hkv) * nq, dim), k_mean.transpose(-1, -2))
-        logits = logits.view(bsz, hq, nq, nkv) * self.softmax_scale(dim)
-        return torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)
+        logits = logits.view(bsz, hq, nq, nkv).mul_(self.softmax_scale(dim))
+        if visible is not None:
+            logits = logits.masked_fill_(~visible, float("-inf"))
+        return torch.softmax(logits, dim=-1)
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Plan:
         self.check_inputs(q, k, v)
         bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
         lq, lk = q.shape[2], k.shape[2]
-        visible = sel.block_visibility(lq, lk, bq, bkv, causal, q.device)
-        forced = sel.forced_blocks(lq, lk, bq, bkv, causal, self.params["keep_diagonal"] or causal, self.params["sink"], q.device)
-        n_visible, n_forced = sel.row_counts(visible, forced)
-        scores = self.block_scores(q, k, visible)
-        order, ranked = sel.rank_blocks(scores, visible, forced)
+        diagonal, sink = self.params["keep_diagonal"] or causal, self.params["sink"]
+        lay = sel.layout(lq, lk, bq, bkv, causal, diagonal, sink, q.device)
+        scores = self.block_scores(q, k, None if lay.all_visible else lay.visible)
+        by_mass = self.budget is None and self.params["mode"] != "topk"
+        order, ranked = sel.rank_blocks(scores, lay.visible, lay.forced, by_mass, lay.all_visible, lay.any_forced)
         if self.budget is not None:
-            keep = sel.keep_by_count(sel.budget_counts(self.budget, lq, lk, bq, bkv, causal, forced), visible.shape[-1])
+            keep = sel.budget_keep(self.budget, lq, lk, bq, bkv, causal, diagonal, sink, q.device)
         elif self.params["mode"] == "topk":
-            counts = torch.round(self.params["topk"] * n_visible.double()).long()
-            counts = torch.minimum(torch.maximum(counts, n_forced.clamp(min=1)), n_visible)
-            keep = sel.keep_by_count(counts, visible.shape[-1])
+            counts = torch.round(self.params["topk"] * lay.n_visible.double()).long()
+            counts = torch.minimum(torch.maximum(counts, lay.n_forced.clamp(min=1)), lay.n_visible)
+            keep = sel.keep_by_count(counts, lay.visible.shape[-1]).to(torch.int8)
         else:
-            keep = sel.keep_by_mass(ranked, self.params["tau"], n_forced, n_visible)
-        levels = sel.unsort(keep.to(torch.int8), order)
+            keep = sel.keep_by_mass(ranked, self.params["tau"], lay.n_forced, lay.n_visible).to(torch.int8)
+        levels = sel.unsort(keep, order)
         return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())

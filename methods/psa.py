@@ -211,6 +211,7 @@ class PSA(PlannedMethod):
         self.thresholds, self.fractions, self.sim_thresholds = ths, fracs, sims
         self.samples = (samples["q_samples"], samples["k_samples"])
         self._offsets: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._level_cache: dict[Any, torch.Tensor] = {}
 
     # -- planning -----------------------------------------------------------
     def offsets(self, heads: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,24 +265,33 @@ class PSA(PlannedMethod):
         bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
         lq, lk = q.shape[2], k.shape[2]
         understanding = self.params["variant"] == "understanding"
-        visible = sel.block_visibility(lq, lk, bq, bkv, causal, q.device)
-        forced = sel.forced_blocks(lq, lk, bq, bkv, causal, understanding or causal, understanding, q.device)
-        n_visible, n_forced = sel.row_counts(visible, forced)
-        order, ranked = sel.rank_blocks(self.importance(q, k), visible, forced)
-        nkv = visible.shape[-1]
-        if self.budget is not None or self.params["mode"] == "topk":
-            if self.budget is not None:  # fractions of the row's area, so density tracks the budget
-                cumulative = sel.profile_at_budget(self.fractions, self.budget)
-                rows = sel.area_units(lq, lk, bq, bkv, causal, forced)
-            else:  # fractions of the row's visible block count, as released
-                cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
-                rows = (n_visible.double(), torch.zeros_like(n_visible, dtype=torch.float64))
-            ranked_levels = self._rank_levels_by_fractions(cumulative, rows, n_visible, n_forced, nkv)
+        lay = sel.layout(lq, lk, bq, bkv, causal, understanding or causal, understanding, q.device)
+        by_fraction = self.budget is not None or self.params["mode"] == "topk"
+        order, ranked = sel.rank_blocks(self.importance(q, k), lay.visible, lay.forced, not by_fraction, lay.all_visible, lay.any_forced)
+        if by_fraction:
+            ranked_levels = self._fraction_levels(lq, lk, lay, q.device)
         else:
-            ranked_levels = self._rank_levels_by_threshold(ranked, n_visible, n_forced)
+            ranked_levels = self._rank_levels_by_threshold(ranked, lay.n_visible, lay.n_forced)
         levels = sel.unsort(ranked_levels, order)
         if self.params["sim_cap"]:
             cap = similarity_cap(adjacent_key_similarity(k, bkv), self.sim_thresholds)  # [B, Hkv, NKV]
             cap = cap.repeat_interleave(q.shape[1] // k.shape[1], dim=1)[:, :, None, :]
             levels = torch.minimum(levels, cap)  # level 0 (skipped) stays 0
         return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())
+
+    def _fraction_levels(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
+        """Rank-order levels ``[NQ, NKV]`` of the budget / topk rules (positions only: cached per shape)."""
+        bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
+        key = (lq, lk, bq, bkv, causal, self.budget, self.params["variant"], str(device))
+        cached = self._level_cache.get(key)
+        if cached is not None:
+            return cached
+        if self.budget is not None:  # fractions of the row's area, so density tracks the budget
+            cumulative = sel.profile_at_budget(self.fractions, self.budget)
+            rows = sel.area_units(lq, lk, bq, bkv, causal, lay.forced)
+        else:  # fractions of the row's visible block count, as released
+            cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
+            rows = (lay.n_visible.double(), torch.zeros_like(lay.n_visible, dtype=torch.float64))
+        levels = self._rank_levels_by_fractions(cumulative, rows, lay.n_visible, lay.n_forced, lay.visible.shape[-1])
+        self._level_cache[key] = levels
+        return levels

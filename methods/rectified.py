@@ -152,6 +152,8 @@ class Rectified(Method):
     def __init__(self, **params: Any) -> None:
         self.explicit = frozenset(params)
         self._neighbour_cache: dict[tuple, torch.Tensor] = {}
+        self._positional_cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self._visible_pairs: dict[tuple, int] = {}
         super().__init__(**params)
 
     def validate(self) -> None:
@@ -251,23 +253,15 @@ class Rectified(Method):
             st = torch.nn.functional.pad(st, (lead, (nk - text_first) * block - lead - text), value=float("-inf"))
             text_lse = torch.logsumexp(st.view(bsz, hq, nq, nk - text_first, block), dim=-1)
             logits[..., text_first:] = torch.logaddexp(logits[..., text_first:], text_lse)
-        visible, full = block_visibility(q_len, kv_len, block, self.causal, q.device)
-        logits = logits.masked_fill(~visible, float("-inf"))
+        visible, full, forced, n_keep = self._positional(q_len, kv_len, nq, nk, text_first, q.device)
+        if self.causal:  # otherwise every block is visible
+            logits = logits.masked_fill(~visible, float("-inf"))
         p_hat = torch.softmax(logits, dim=-1)
 
-        # 3. critical set: forced blocks first, then by P_hat
-        forced = visible & ~full  # the causal diagonal
-        if text > 0:
-            forced = forced.clone()
-            forced[:, text_first:] = True
-        neighbours = self._neighbours(q_len, nq, nk, q.device)
-        if neighbours is not None:
-            forced = forced | neighbours
-        forced = forced & visible
-        rank_key = torch.where(visible, p_hat + 2.0 * forced, torch.full_like(p_hat, -1.0))
+        # 3. critical set: forced blocks first, then by P_hat (forced and n_keep are position-only, cached)
+        any_forced = self.causal or text > 0 or self.grid is not None
+        rank_key = torch.where(visible, p_hat + 2.0 * forced, torch.full_like(p_hat, -1.0)) if any_forced else p_hat
         order = torch.argsort(rank_key, dim=-1, descending=True)
-        n_keep = dithered_counts(self.row_targets(q_len, kv_len, visible, full)).clamp(min=1)
-        n_keep = torch.maximum(n_keep, forced.sum(-1))  # [NQ]
         p = self.mass_threshold()
         if p > 0:
             mass = torch.cumsum(torch.gather(p_hat, -1, order), dim=-1)
@@ -277,7 +271,8 @@ class Rectified(Method):
         critical = torch.zeros(order.shape, dtype=torch.bool, device=q.device).scatter(-1, order, keep_sorted)
         if text > 0:  # query blocks holding text tokens attend densely
             critical[:, :, vis_q // block :] = True
-        critical &= visible
+        if self.causal:
+            critical &= visible
 
         # 4. GAPR: compensate a non-critical block only where gain > error
         gain = dots.abs()
@@ -295,20 +290,44 @@ class Rectified(Method):
         compensation = grouped_apply(weights[..., :nkv].contiguous(), vm)
         levels = critical.to(torch.int8)
 
-        vis_pairs = visible.sum().double() * bsz * hq
-        counts = torch.stack([critical.sum(), compensated.sum()]).double() / vis_pairs
-        shares = torch.cat([counts, row_scale.mean().double()[None]]).tolist()  # one device sync
+        vis_pairs = float(self._visible_pairs[(q_len, kv_len, str(q.device))]) * bsz * hq
+        # Read in Plan.from_levels' one host sync, not here.
+        deferred = {
+            "critical_fraction": critical.sum().double() / vis_pairs,
+            "compensated_fraction": compensated.sum().double() / vis_pairs,
+            "mean_row_scale": row_scale.mean(),
+        }
         stats = {
             "keep_fraction": self.keep_fraction(),
             "p": p,
-            "critical_fraction": shares[0],
-            "compensated_fraction": shares[1],
-            "dropped_fraction": max(0.0, 1.0 - shares[0] - shares[1]),
-            "mean_row_scale": shares[2],
             "compensation_flop_ratio": 2.0 * bsz * hq * nq * nkv * v.shape[-1] / attention_flops(bsz, hq, q_len, kv_len, dim, self.causal),
         }
         extras = {"row_scale": row_scale.float().contiguous(), "compensation": compensation.float().contiguous()}
-        return Plan.from_levels(levels, q_len, kv_len, block, block, self.causal, extras=extras, stats=stats)
+        plan = Plan.from_levels(levels, q_len, kv_len, block, block, self.causal, extras=extras, stats=stats, deferred=deferred)
+        plan.stats["dropped_fraction"] = max(0.0, 1.0 - plan.stats["critical_fraction"] - plan.stats["compensated_fraction"])
+        return plan
+
+    def _positional(self, q_len: int, kv_len: int, nq: int, nk: int, text_first: int, device) -> tuple[torch.Tensor, ...]:
+        """(visible, full, forced, n_keep): everything of the plan that depends on positions only, cached."""
+        key = (q_len, kv_len, str(device))
+        cached = self._positional_cache.get(key)
+        if cached is not None:
+            return cached
+        text = self.params["text_len"]
+        visible, full = block_visibility(q_len, kv_len, self.params["block"], self.causal, device)
+        forced = visible & ~full  # the causal diagonal
+        if text > 0:
+            forced = forced.clone()
+            forced[:, text_first:] = True
+        neighbours = self._neighbours(q_len, nq, nk, device)
+        if neighbours is not None:
+            forced = forced | neighbours
+        forced = forced & visible
+        n_keep = dithered_counts(self.row_targets(q_len, kv_len, visible, full)).clamp(min=1)
+        n_keep = torch.maximum(n_keep, forced.sum(-1))  # [NQ]
+        self._visible_pairs[key] = int(visible.sum())
+        self._positional_cache[key] = (visible, full, forced, n_keep)
+        return self._positional_cache[key]
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
         return execute(q, k, v, plan, scale=self.softmax_scale(q.shape[-1]), backend=self.params["executor"])

@@ -81,15 +81,13 @@ class XAttention(PlannedMethod):
         self.check_inputs(q, k, v)
         bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
         lq, lk = q.shape[2], k.shape[2]
-        visible = sel.block_visibility(lq, lk, bq, bkv, causal, q.device)
-        forced = sel.forced_blocks(
-            lq, lk, bq, bkv, causal, self.params["keep_diagonal"] or causal, self.params["sink"] or causal, q.device
-        )
-        n_visible, n_forced = sel.row_counts(visible, forced)
-        order, ranked = sel.rank_blocks(self.scores(q, k), visible, forced)
-        if self.budget is not None:
-            keep = sel.keep_by_count(sel.budget_counts(self.budget, lq, lk, bq, bkv, causal, forced), visible.shape[-1])
+        diagonal, sink = self.params["keep_diagonal"] or causal, self.params["sink"] or causal
+        lay = sel.layout(lq, lk, bq, bkv, causal, diagonal, sink, q.device)
+        by_count = self.budget is not None
+        order, ranked = sel.rank_blocks(self.scores(q, k), lay.visible, lay.forced, not by_count, lay.all_visible, lay.any_forced)
+        if by_count:
+            keep = sel.budget_keep(self.budget, lq, lk, bq, bkv, causal, diagonal, sink, q.device)
         else:
-            keep = sel.keep_by_mass(ranked, self.params["tau"], n_forced, n_visible)
-        levels = sel.unsort(keep.to(torch.int8), order)
+            keep = sel.keep_by_mass(ranked, self.params["tau"], lay.n_forced, lay.n_visible).to(torch.int8)
+        levels = sel.unsort(keep, order)
         return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())

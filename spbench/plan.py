@@ -23,6 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import functools
+import math
+
 import torch
 
 LEVELS = (1, 2, 4, 8)
@@ -60,18 +63,56 @@ def block_areas(q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bo
     return prefix(hi) - prefix(lo)
 
 
-def levels_to_csr(levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dense level map ``[B, H, NQ, NKV]`` to (kv_num_blocks, kv_indices, kv_levels)."""
+def levels_to_csr(levels: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense level map ``[B, H, NQ, NKV]`` to (kv_num_blocks, kv_indices, kv_levels).
+
+    The active blocks of a row go to slots 0, 1, ... in ascending KV order:
+    the slot of block j is (active blocks before j), an inclusive cumsum of
+    the active mask minus one, and one scatter writes index and level there
+    (inactive blocks scatter into a spare slot that is cut off). That is
+    one cumsum instead of a stable sort over [B, H, NQ, NKV].
+    ``width`` (the largest row count, at least 1) is read from the device
+    when not given: the one host sync of this function.
+    """
     active = levels > 0
     counts = active.sum(-1, dtype=torch.int32)
-    width = max(int(counts.max().item()) if counts.numel() else 0, 1)
-    # Stable sort puts active blocks first, in ascending KV order.
-    order = torch.sort((~active).to(torch.int8), dim=-1, stable=True).indices[..., :width]
-    picked = torch.gather(levels, -1, order).to(torch.int8)
-    valid = torch.arange(width, device=levels.device) < counts[..., None]
-    indices = torch.where(valid, order, torch.zeros_like(order)).to(torch.int32)
-    picked = torch.where(valid, picked, torch.zeros_like(picked))
-    return counts, indices.contiguous(), picked.contiguous()
+    if width is None:
+        width = max(int(counts.max().item()) if counts.numel() else 0, 1)
+    return counts, *_compact_active(levels, active, width)
+
+
+def _compact_active(levels: torch.Tensor, active: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    nkv = levels.shape[-1]
+    slot = torch.cumsum(active, -1, dtype=torch.int64).sub_(1).masked_fill_(~active, width)
+    shape = (*levels.shape[:-1], width + 1)
+    index = torch.arange(nkv, device=levels.device, dtype=torch.int32).expand(levels.shape)
+    indices = torch.zeros(shape, dtype=torch.int32, device=levels.device).scatter_(-1, slot, index)
+    picked = torch.zeros(shape, dtype=torch.int8, device=levels.device).scatter_(-1, slot, levels.to(torch.int8))
+    return indices[..., :width].contiguous(), picked[..., :width].contiguous()
+
+
+def _bad_levels(levels: torch.Tensor) -> torch.Tensor:
+    """Device bool: some entry is not in {0, 1, 2, 4, 8} (x & (x - 1) == 0 holds for 0 and powers of two)."""
+    lv = levels.to(torch.int16)
+    return ((lv < 0) | (lv > 8) | ((lv & (lv - 1)) != 0)).any()
+
+
+@functools.lru_cache(maxsize=32)
+def area_table(q_len: int, kv_len: int, block_q: int, block_kv: int, causal: bool, device: str) -> tuple[torch.Tensor, int]:
+    """(:func:`block_areas` as int64 ``[NQ, NKV]`` on ``device``, their sum); cached per layout.
+
+    Areas are whole numbers of (query, key) pairs, so int64 sums of
+    area x (8 / level) are exact, whatever the summation order.
+    """
+    areas = block_areas(q_len, kv_len, block_q, block_kv, causal, device).round().long()
+    return areas, int(areas.sum())
+
+
+def planned_area8(levels: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+    """Device int64: sum over the map of area x 8 / level (level 0 adds nothing)."""
+    w8 = torch.where(levels > 0, 8 // levels.to(torch.int16).clamp(min=1), 0)  # 8, 4, 2, 1 for levels 1, 2, 4, 8
+    per_block = w8.sum(dim=tuple(range(levels.dim() - 2)), dtype=torch.int64)  # over batch and heads
+    return (per_block * areas).sum()
 
 
 def csr_to_levels(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, kv_levels: torch.Tensor, nkv: int) -> torch.Tensor:
@@ -134,16 +175,36 @@ class Plan:
         causal: bool = False,
         extras: dict[str, Any] | None = None,
         stats: dict[str, Any] | None = None,
+        deferred: dict[str, torch.Tensor] | None = None,
     ) -> "Plan":
-        """Build a plan from a level map ``[B, H, ceil(Lq/block_q), ceil(Lk/block_kv)]``."""
+        """Build a plan from a level map ``[B, H, ceil(Lq/block_q), ceil(Lk/block_kv)]``.
+
+        One host sync in all (see :func:`levels_to_csr`). ``deferred``:
+        0-dim device tensors read in that same sync and stored as floats in
+        ``stats`` under their names (so planners need no sync of their own).
+        """
         expect = (num_blocks(q_len, block_q), num_blocks(kv_len, block_kv))
         if levels.dim() != 4 or tuple(levels.shape[-2:]) != expect:
             raise ValueError(f"levels must have shape [B, H, {expect[0]}, {expect[1]}], got {tuple(levels.shape)}")
-        check_levels(levels)
-        counts, indices, lv = levels_to_csr(levels)
-        plan = cls(q_len, kv_len, block_q, block_kv, causal, counts, indices, lv, dict(extras or {}), 1.0, dict(stats or {}))
-        plan.density = plan.compute_density()
-        return plan
+        areas, total = area_table(q_len, kv_len, block_q, block_kv, causal, str(levels.device))
+        active = levels > 0
+        counts = active.sum(-1, dtype=torch.int32)
+        # Everything the host needs, read in one sync: the widest row, the
+        # validity check, the planned area (exact int64) and any deferred stats.
+        wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), _bad_levels(levels), planned_area8(levels, areas)]
+        names = list(deferred or {})
+        wanted += [deferred[n] for n in names]
+        values = torch.stack([t.reshape(()).to(torch.float64) for t in wanted]).tolist()
+        if values[1]:
+            raise ValueError("levels must be in {0, 1, 2, 4, 8}")
+        width = max(int(values[0]), 1)
+        indices, lv = _compact_active(levels, active, width)
+        stats = dict(stats or {})
+        stats.update(zip(names, values[3:]))
+        # Same value as compute_density: an exact rational, correctly rounded.
+        pairs = total * math.prod(levels.shape[:-2])
+        density = int(values[2]) / (8 * pairs) if pairs > 0 else 0.0
+        return cls(q_len, kv_len, block_q, block_kv, causal, counts, indices, lv, dict(extras or {}), density, stats)
 
     def to_levels(self) -> torch.Tensor:
         """The dense level map ``[B, H, NQ, NKV]`` (int8)."""
