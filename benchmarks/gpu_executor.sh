@@ -19,4 +19,4 @@ $SB suite kernel -m levels --budgets 0.1 --seq 8k,16k,32k,64k,128k --heads 12 --
   --out "$OUT_ROOT" --run-id "$RUN-seqscan" --max-minutes 4
 # Integration overheads outside attention.
 python3 benchmarks/bench_diffusers_overhead.py --methods psa,block,xattention,rectified --budget 0.15 --out "$OUT_ROOT/diffusers_overhead_wan14b_720p.json"
-python3 benchmarks/bench_transformers_overhead.py --methods xattention,psa,block,rectified,token-sparse --budget 0.35 --seq 32768 --heads 28 --kv-heads 4 --head-dim 128 --dtype bf16 --repeats 20 --warmup 5 --out "$OUT_ROOT/transformers_overhead_qwen7b_32k.json"
+python3 benchmarks/bench_transformers_overhead.py --methods xattention,psa,block,rectified,token-sparse --budget 0.35 --seq 32768 --heads 28 --kv-heads 4 --head-dim 128 --dtype bf16 --out "$OUT_ROOT/transformers_overhead_qwen7b_32k.json"

@@ -233,7 +233,7 @@ def antidiagonal_scores_reference(
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     qr = F.pad(q.to(acc), (0, 0, 0, n_rows * stride - lq)).view(bsz, hq, n_rows, stride, dim).flip(3)
     qr = qr.reshape(bsz, hkv, group, n_rows, stride * dim)
-    kr = F.pad(k.to(acc), (0, 0, 0, n_cols * stride - lk)).view(bsz, hkv, n_cols, stride * dim)
+    kr = F.pad(k.to(acc), (0, 0, 0, n_cols * stride - lk)).reshape(bsz, hkv, n_cols, stride * dim)  # K may be a strided view
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
     col = torch.arange(n_cols, device=q.device)
     for qb0 in range(0, nq, chunk_blocks):

@@ -46,6 +46,7 @@ from spbench.errors import SpbenchError
 from spbench.kernels import tuning
 from spbench.kernels.pool import Pyramid, build_pyramid
 from spbench.kernels.schedule import schedule_for
+from spbench.method import check_out
 from spbench.plan import LEVELS, Plan
 
 import triton  # noqa: E402  (this module is only imported where triton can run)
@@ -305,6 +306,11 @@ def _rows_ok(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _store_ok(out: torch.Tensor) -> bool:
+    """The kernel's store needs a contiguous last dim and row offsets within int32."""
+    return out.stride(-1) == 1 and out.shape[2] * out.stride(2) < 2**31
+
+
 def _extra(plan: Plan, name: str, shape: tuple, device) -> torch.Tensor | None:
     value = plan.extras.get(name)
     if value is None:
@@ -333,23 +339,34 @@ def run_plan(
     scale: float | None = None,
     return_lse: bool = False,
     pyramid: Pyramid | None = None,
+    out: torch.Tensor | None = None,
 ):
     """Run ``plan`` with the Triton kernel. Returns ``out`` (q's dtype) or ``(out, lse)``.
 
     ``pyramid``: a :class:`~spbench.kernels.pool.Pyramid` built from these
     k/v to reuse (else ``plan.extras['pyramid']`` if it matches, else one is
     built here, only when the plan has pooled levels).
+    ``out``: a ``[B, Hq, Lq, D]`` tensor of q's dtype, any strides (e.g. the
+    ``transpose(1, 2)`` view of a ``[B, Lq, Hq, D]`` buffer), written in
+    place and returned; the kernel stores straight into it when its last dim
+    is contiguous, else through a temporary.
     """
     if plan.is_dense:
         raise SpbenchError("a dense plan has no block map; run dense attention instead")
     _check(q, k, v, plan)
+    check_out(q, out)
+    if out is not None and not _store_ok(out):
+        result = run_plan(q, k, v, plan, scale=scale, return_lse=return_lse, pyramid=pyramid)
+        out.copy_(result[0] if return_lse else result)
+        return (out, result[1]) if return_lse else out
     bsz, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     scale = d**-0.5 if scale is None else float(scale)
     sched = schedule_for(plan)
     nqb = plan.num_q_blocks
 
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(bsz, hq, lq, device=q.device, dtype=torch.float32) if return_lse else out
     row_scale = _extra(plan, "row_scale", (bsz, hq, nqb), q.device)
     comp = _extra(plan, "compensation", (bsz, hq, nqb, d), q.device)

@@ -48,8 +48,10 @@ def check_fraction(name: str, value: Any, low_open: bool = False) -> float:
 class PlannedMethod(Method):
     """A sparse planner in front of :func:`spbench.kernels.executor.execute`."""
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
-        return execute(q, k, v, plan, scale=self.params["scale"], backend=self.params["executor"])
+    writes_out = True
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+        return execute(q, k, v, plan, scale=self.params["scale"], backend=self.params["executor"], out=out)
 
     def plan_stats(self, **extra: Any) -> dict[str, Any]:
         """Scalar knob values (and extras) recorded in ``Plan.stats``."""

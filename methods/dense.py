@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spbench.errors import UnavailableError
 from spbench.kernels.reference import exact_attention
-from spbench.method import Knob, Method
+from spbench.method import Knob, Method, check_out, copy_out
 from spbench.plan import Plan
 
 
@@ -30,14 +30,16 @@ class DenseSDPA(_Dense):
     summary = "torch SDPA, default backend choice"
     backend: ClassVar[SDPBackend | None] = None
 
-    def run(self, q, k, v, plan) -> torch.Tensor:
+    def run(self, q, k, v, plan, out=None) -> torch.Tensor:
+        # SDPA cannot store into a given tensor: with ``out`` its result is copied there.
+        check_out(q, out)
         gqa = q.shape[1] != k.shape[1]
         scale = self.params["scale"]
         if self.backend is None:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=scale, enable_gqa=gqa)
+            return copy_out(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=scale, enable_gqa=gqa), out)
         with sdpa_kernel([self.backend]):
             try:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=scale, enable_gqa=gqa)
+                return copy_out(F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=scale, enable_gqa=gqa), out)
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise UnavailableError(f"SDPA backend {self.name!r} is unavailable for this input/device: {first}") from None
@@ -72,9 +74,10 @@ class Reference(_Dense):
     summary = "exact fp32 attention, chunked over queries"
     knobs = {"chunk": Knob(1024, "query rows per chunk")}
 
-    def run(self, q, k, v, plan) -> torch.Tensor:
-        out = exact_attention(q, k, v, causal=self.causal, scale=self.params["scale"], chunk=self.params["chunk"])
-        return out.to(q.dtype)
+    def run(self, q, k, v, plan, out=None) -> torch.Tensor:
+        check_out(q, out)
+        result = exact_attention(q, k, v, causal=self.causal, scale=self.params["scale"], chunk=self.params["chunk"])
+        return result.to(q.dtype) if out is None else out.copy_(result)
 
 
 DENSE_BACKENDS = ("cudnn", "flash", "efficient")

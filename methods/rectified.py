@@ -140,6 +140,7 @@ class Rectified(Method):
     name = "rectified"
     aliases = ("rectified-spaattn", "spaattn")
     summary = "Rectified SpaAttn: critical blocks exact, rescaled; pooled compensation where GAPR allows"
+    writes_out = True
     knobs = {
         "block": Knob(128, "query and KV block size (power of two, 16..256)"),
         "p": Knob(0.3, "cumulative P_hat mass the critical set covers at least, in [0, 1]"),
@@ -329,5 +330,5 @@ class Rectified(Method):
         self._positional_cache[key] = (visible, full, forced, n_keep)
         return self._positional_cache[key]
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
-        return execute(q, k, v, plan, scale=self.softmax_scale(q.shape[-1]), backend=self.params["executor"])
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+        return execute(q, k, v, plan, scale=self.softmax_scale(q.shape[-1]), backend=self.params["executor"], out=out)

@@ -64,7 +64,7 @@ import torch
 from spbench.errors import SpbenchError
 from spbench.kernels.reference import sum_causal_pairs
 from spbench.kernels.token_score import score_flops, smooth_scores, window_key_scores, window_positions
-from spbench.method import Knob, Method
+from spbench.method import Knob, Method, check_out
 from spbench.plan import Plan
 
 EXECUTORS = ("auto", "triton", "torch")
@@ -95,12 +95,12 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, index[..., None].expand(-1, -1, -1, x.shape[-1]))
 
 
-def scatter_rows(out_compact: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
-    """Inverse of :func:`gather_rows` into a zero tensor of ``length`` rows."""
+def scatter_rows(out_compact: torch.Tensor, index: torch.Tensor, length: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`gather_rows` into a zero tensor of ``length`` rows (``out``, any strides, if given)."""
     bsz, heads, _, dim = out_compact.shape
     if index.shape[1] != heads:
         index = index.repeat_interleave(heads // index.shape[1], dim=1)
-    out = out_compact.new_zeros(bsz, heads, length, dim)
+    out = out_compact.new_zeros(bsz, heads, length, dim) if out is None else out.zero_()
     return out.scatter_(2, index[..., None].expand(-1, -1, -1, dim), out_compact)
 
 
@@ -114,6 +114,7 @@ class TokenSparse(Method):
     name = "token-sparse"
     aliases = ("tokensparse", "token-sparse-attention")
     summary = "Token Sparse Attention: drop low-score tokens, run an inner method (dense by default) on the rest"
+    writes_out = True  # the scatter back stores into ``out``
     knobs = {
         "inner": Knob("dense", "inner method run on the compacted sequence (name, or a Method instance from Python)"),
         "window": Knob(128, "observation window: last W queries (causal) or W evenly spaced ones"),
@@ -275,15 +276,16 @@ class TokenSparse(Method):
         plan.stats = {"kept_tokens": q.shape[2], "kept_fraction": 1.0, "keep_rule": rule, "inner_density": inner_plan.density}
         return plan
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+        check_out(q, out)
         index = plan.extras.get("token_indices")
         inner_plan = plan.extras["inner_plan"]
         if index is None:
-            return self.inner.run(q, k, v, inner_plan)
+            return self.inner.run(q, k, v, inner_plan) if out is None else self.inner.run_into(q, k, v, inner_plan, out)
         compact = plan.extras.get("compact")
         if compact is not None and compact[0] == _identity(q, k, v):
             qc, kc, vc = plan.extras.pop("compact")[1]
         else:
             qc, kc, vc = gather_rows(q, index), gather_rows(k, index), gather_rows(v, index)
-        out = self.inner.run(qc, kc, vc, inner_plan)
-        return scatter_rows(out, index, q.shape[2])
+        # The compacted output is a temporary either way; only the scatter targets ``out``.
+        return scatter_rows(self.inner.run(qc, kc, vc, inner_plan), index, q.shape[2], out)

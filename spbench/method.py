@@ -6,12 +6,20 @@ A method is a planner in front of a shared executor::
     plan = m.plan(q, k, v)      # cheap estimate: which work to do
     out = m.run(q, k, v, plan)  # the attention itself
     out = m(q, k, v)            # both
+    m.run(q, k, v, plan, out=buf)   # written into buf ([B, H, L, D], any strides)
 
 Tensors are ``[batch, heads, seq, head_dim]``; K/V may have fewer heads than
 Q (GQA, Hq a multiple of Hkv) and are never repeated in memory.
 
 Subclasses declare ``name``, ``aliases``, ``summary`` and ``knobs`` (their
-native parameters with defaults) and implement ``plan`` and ``run``. Every
+native parameters with defaults) and implement ``plan`` and ``run``.
+``run(..., out=None)``: with ``out`` (q's shape and dtype, any strides) the
+result is written into it and ``out`` is returned. A method whose kernel
+stores there directly (no extra copy) sets ``writes_out = True``; callers
+that care about the copy (the transformers integration) only pass ``out``
+to those. Methods written before ``out`` existed (``run(q, k, v, plan)``)
+keep working: callers go through :meth:`Method.run_into` or check
+``writes_out``. Every
 method also takes the common knobs ``budget`` (target density in (0, 1]),
 ``causal`` and ``scale``.
 """
@@ -81,6 +89,8 @@ class Method:
     knobs: ClassVar[dict[str, Knob]] = {}
     #: head dims the method supports; None means any.
     head_dims: ClassVar[tuple[int, ...] | None] = None
+    #: run(..., out=) stores the result straight into ``out`` (no temporary + copy)
+    writes_out: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         known = self.all_knobs()
@@ -111,8 +121,19 @@ class Method:
     def plan(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Plan:
         raise NotImplementedError
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan) -> torch.Tensor:
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, out: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def run_into(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, out: torch.Tensor) -> torch.Tensor:
+        """``run`` writing into ``out`` for any method (old ``run`` signatures included); returns ``out``."""
+        check_out(q, out)
+        if self.writes_out:
+            result = self.run(q, k, v, plan, out=out)
+            if result is out:
+                return out
+        else:
+            result = self.run(q, k, v, plan)
+        return out.copy_(result)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.run(q, k, v, self.plan(q, k, v))
@@ -143,6 +164,21 @@ class Method:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
+
+
+def check_out(q: torch.Tensor, out: torch.Tensor | None) -> None:
+    """``out`` (if given) must have q's shape, dtype and device (any strides)."""
+    if out is None:
+        return
+    if not isinstance(out, torch.Tensor):
+        raise SpbenchError(f"out must be a tensor, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.device != q.device:
+        raise SpbenchError(f"out must be {tuple(q.shape)} {q.dtype} on {q.device}, got {tuple(out.shape)} {out.dtype} on {out.device}")
+
+
+def copy_out(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``result``, or ``result`` copied into ``out`` (for methods whose kernel cannot store into it)."""
+    return result if out is None else out.copy_(result)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -20,6 +20,23 @@ def test_dense_baselines_match_reference(causal, hq, hkv):
     assert plan.is_dense and plan.density == 1.0
 
 
+@pytest.mark.parametrize("name", ["dense", "reference"])
+def test_dense_out_gets_a_copy_of_the_result(name):
+    """SDPA cannot store into out=: the result is copied there, and writes_out says so."""
+    q, k, v = torch.randn(1, 4, 50, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    m = spbench.get_method(name, causal=True)
+    assert not m.writes_out
+    plan = m.plan(q, k, v)
+    buf = torch.full((1, 50, 4, 16), float("nan"))
+    assert m.run(q, k, v, plan, out=buf.transpose(1, 2)) is not None
+    assert torch.equal(buf.transpose(1, 2), m.run(q, k, v, plan))
+    buf.fill_(float("nan"))
+    assert m.run_into(q, k, v, plan, buf.transpose(1, 2)).data_ptr() == buf.data_ptr()
+    assert torch.equal(buf.transpose(1, 2), m.run(q, k, v, plan))
+    with pytest.raises(SpbenchError, match="out must be"):
+        m.run(q, k, v, plan, out=buf)
+
+
 @pytest.mark.parametrize("name", ["cudnn", "flash", "efficient"])
 def test_pinned_backends_run_or_fail_clearly(name):
     q = torch.randn(1, 2, 64, 64)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from spbench.errors import SpbenchError
 from spbench.kernels import pyramid_attention, tuning
+from spbench.kernels.executor import execute
 from spbench.kernels.pool import build_pyramid
 from spbench.kernels.pyramid_triton import level_tiles, run_plan
 from spbench.kernels.reference import pool_kv, pyramid_attention_reference, repeated_keys_reference
@@ -193,6 +194,52 @@ def test_planted_wrong_level_is_caught():
     for planted in ([1, 4, 2, 1], [1, 8, 2, 0], [2, 8, 2, 1]):
         wrong = pyramid_attention_reference(q, k, v, torch.tensor([[[planted]]]), 64, 32)
         assert (out - wrong).abs().max() > 1e-2, planted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_out_is_written_in_place_through_any_strides(causal, dtype):
+    """out= as a transformers layer wants it: the [B, H, L, D] view of a [B, L, H, D] buffer.
+
+    GQA 4:2, batch 2, ragged length, every level and the fused epilogue; the buffer
+    starts as NaN so a row the kernel forgets to store is caught."""
+    gen = torch.Generator().manual_seed(21 + causal)
+    b, hq, hkv, length, d = 2, 4, 2, 150, 32
+    q = torch.randn(b, length, hq, d, generator=gen).to(dtype).transpose(1, 2)  # strided, as a layer passes them
+    k = torch.randn(b, length, hkv, d, generator=gen).to(dtype).transpose(1, 2)
+    v = torch.randn(b, length, hkv, d, generator=gen).to(dtype).transpose(1, 2)
+    levels = random_levels(b, hq, length, length, 64, 32, gen)
+    extras = {"row_scale": torch.rand(b, hq, 3, generator=gen) + 0.5, "compensation": torch.randn(b, hq, 3, d, generator=gen)}
+    plan = Plan.from_levels(levels, length, length, 64, 32, causal, extras=extras)
+    buf = torch.full((b, length, hq, d), float("nan"), dtype=dtype)
+    out, lse = run_plan(q, k, v, plan, out=buf.transpose(1, 2), return_lse=True)
+    assert out.data_ptr() == buf.data_ptr() and out.stride() == buf.transpose(1, 2).stride()
+    ref, ref_lse = pyramid_attention_reference(q, k, v, levels, 64, 32, causal, row_scale=extras["row_scale"], compensation=extras["compensation"], return_lse=True)
+    rtol = 0 if dtype == torch.float32 else 2**-7  # the epilogue pushes values past 4: one bf16 ulp there is 0.03
+    torch.testing.assert_close(buf.transpose(1, 2).float(), ref, atol=TOL[dtype], rtol=rtol)
+    assert torch.equal(run_plan(q, k, v, plan), out)  # bit-identical to the freshly allocated output
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=TOL[dtype], rtol=0)
+
+
+def test_out_fallbacks_and_errors():
+    """A last dim that is not contiguous goes through a temporary; an empty plan zeroes out; bad out is refused."""
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = make_qkv(1, 2, 1, 70, 70, 16)
+    levels = random_levels(1, 2, 70, 70, 64, 32, gen)
+    plan = Plan.from_levels(levels, 70, 70, 64, 32, True)
+    want = run_plan(q, k, v, plan)
+    odd = torch.full((1, 2, 16, 70), float("nan")).transpose(2, 3)  # stride(-1) == 70
+    assert run_plan(q, k, v, plan, out=odd) is odd and torch.equal(odd, want)
+    via_torch = torch.full((1, 70, 2, 16), float("nan"))
+    execute(q, k, v, plan, backend="torch", out=via_torch.transpose(1, 2))
+    torch.testing.assert_close(via_torch.transpose(1, 2), want, atol=2e-5, rtol=0)
+    empty = torch.full((1, 70, 2, 16), float("nan"))
+    run_plan(q, k, v, Plan.from_levels(torch.zeros_like(levels), 70, 70, 64, 32), out=empty.transpose(1, 2))
+    assert (empty == 0).all()
+    for bad, match in ((torch.empty(1, 2, 69, 16), "out must be"), (torch.empty(1, 2, 70, 16, dtype=torch.float64), "out must be"), ("x", "tensor")):
+        with pytest.raises(SpbenchError, match=match):
+            run_plan(q, k, v, plan, out=bad)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

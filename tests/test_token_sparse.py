@@ -281,6 +281,47 @@ def test_plan_reuses_gathered_tensors_once():
     assert torch.equal(m.run(q, k, v, plan), first)  # second run gathers again, same result
 
 
+def _nan_out(q):
+    """A [B, L, H, D] buffer of NaN and its [B, H, L, D] view: rows nobody writes stay NaN."""
+    buf = torch.full((q.shape[0], q.shape[2], q.shape[1], q.shape[3]), float("nan"), dtype=q.dtype)
+    return buf, buf.transpose(1, 2)
+
+
+@pytest.mark.parametrize(
+    "name,knobs",
+    [
+        ("token-sparse", dict(coverage=0.3, min_tokens=64, window=32, causal=True)),  # dense inner, compacted
+        ("token-sparse+rectified", dict(budget=0.2, executor="torch", inner_block=32, causal=True)),  # sparse inner, stash reused
+        ("token-sparse+rectified", dict(inner_block=32)),  # short: the whole sequence goes to the inner's out=
+    ],
+)
+def test_run_into_strided_out_equals_run(name, knobs):
+    """out= (the transpose view of a [B, L, H, D] buffer) gets exactly run()'s result, zero rows included."""
+    q, k, v = make_qkv("video", 1, 4, 2, 600, 32, seed=9)
+    m = spbench.get_method(name, **knobs)
+    assert m.writes_out
+    plan = m.plan(q, k, v)
+    buf, view = _nan_out(q)
+    assert m.run(q, k, v, plan, out=view) is view
+    want = m.run(q, k, v, plan)
+    assert torch.equal(view, want)
+    if plan.extras["token_indices"] is not None:
+        assert (want == 0).all(-1).any()  # dropped query rows exist, and the NaN there was zeroed
+    with pytest.raises(SpbenchError, match="out must be"):
+        m.run(q, k, v, plan, out=buf)  # [B, L, H, D] itself is the wrong shape
+
+
+def test_inner_without_out_still_fills_out():
+    """A whole-sequence plan with an inner whose run() predates out=: run_into copies its result."""
+    q, k, v = make_qkv("video", 1, 2, 1, 200, 32, seed=3)
+    m = TokenSparse(inner=DiagonalBlocks(causal=True), causal=True, executor="torch")  # 200 <= min_tokens
+    plan = m.plan(q, k, v)
+    assert plan.extras["token_indices"] is None
+    _, view = _nan_out(q)
+    m.run(q, k, v, plan, out=view)
+    assert torch.equal(view, m.run(q, k, v, plan))
+
+
 # ---------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "name,knobs,match",

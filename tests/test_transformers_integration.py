@@ -130,6 +130,44 @@ def test_sparse_call_is_the_method_on_unexpanded_gqa_heads(tiny):
         sp.remove(model)
 
 
+class BandIntoMethod(BandMethod):
+    """BandMethod that stores into out= (as the planned methods do); records what out it got."""
+
+    writes_out = True
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.outs: list[tuple[tuple[int, ...], tuple[int, ...]] | None] = []
+
+    def run(self, q, k, v, plan, out=None):
+        self.outs.append(None if out is None else (tuple(out.shape), out.stride()))
+        return execute(q, k, v, plan, scale=self.params["scale"], backend="torch", out=out)
+
+
+def test_writes_out_methods_store_straight_into_the_layer_layout(tiny):
+    """No transpose copy: the method gets the [B, H, L, D] view of a contiguous [B, L, H, D] buffer,
+    and the result is exactly what the transpose path gives (also through the whole model)."""
+    model, _, inputs = tiny
+    layer = model.model.language_model.layers[0].self_attn
+    q = torch.randn(1, 4, 300, 64)
+    k, v = torch.randn(1, 2, 300, 64), torch.randn(1, 2, 300, 64)
+    results = {}
+    for cls in (BandMethod, BandIntoMethod):
+        method = cls(causal=True)
+        handle = sp.apply(model, method)
+        try:
+            out, _ = ALL_ATTENTION_FUNCTIONS[handle.key](layer, q, k, v, None, scaling=layer.scaling)
+            logits = _logits(model, inputs)
+        finally:
+            sp.remove(model)
+        assert out.shape == (1, 300, 4, 64) and out.is_contiguous()
+        results[cls] = (out, logits, method)
+    (plain, plain_logits, _), (into, into_logits, method) = results[BandMethod], results[BandIntoMethod]
+    assert method.outs[0] == ((1, 4, 300, 64), (300 * 4 * 64, 64, 4 * 64, 1))
+    assert all(o is not None for o in method.outs) and len(method.outs) == 1 + LAYERS
+    assert torch.equal(into, plain) and torch.equal(into_logits, plain_logits)
+
+
 def test_generate_is_sparse_in_prefill_and_dense_in_decode(tiny):
     model, _, inputs = tiny
     method = BandMethod(causal=True)

@@ -26,7 +26,12 @@ How it hooks in (transformers >= 4.54, the versions with ``AttentionMaskInterfac
   the one the method was built with, and the head dim is one the method
   supports. Q, K, V go to ``method.plan`` then ``method.run`` as they come
   from the layer, ``[batch, heads, seq, head_dim]`` with K/V at the KV head
-  count (GQA is never expanded here).
+  count (GQA is never expanded here). A method with ``writes_out`` (the
+  planned methods, rectified, token-sparse) stores its output straight into
+  a ``[batch, seq, heads, head_dim]`` buffer, the layout transformers wants,
+  through ``run(..., out=buffer.transpose(1, 2))``: no transpose copy. Other
+  methods' outputs are transposed and made contiguous (SDPA's own path does
+  the same; free when the output already has that layout).
 * Every other call is dense, through transformers' own SDPA attention
   function: decode steps (``q_len == 1``), continuations over a cache
   (``q_len != kv_len``), and prefills with a mask. The latter are counted as
@@ -174,14 +179,34 @@ class PrefillRecord:
         return asdict(self)
 
 
-class _Active:
-    """Bookkeeping for the prefill forward in flight."""
+class _EventPool:
+    """CUDA timing events reused across calls: a fresh event costs a driver call on first record."""
 
-    def __init__(self, batch: int, tokens: int, device: torch.device | None, timing: bool, tag: Any):
+    def __init__(self) -> None:
+        self.free: list[Any] = []
+
+    def record(self) -> Any:
+        event = self.free.pop() if self.free else torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def give_back(self, events: list[Any]) -> None:
+        self.free.extend(e for e in events if e is not None)
+
+
+class _Active:
+    """Bookkeeping for the prefill forward in flight.
+
+    Per attention call only events are recorded (no host sync); they are read
+    once, in :meth:`finish`, after the one synchronize of the forward.
+    """
+
+    def __init__(self, batch: int, tokens: int, device: torch.device | None, timing: bool, tag: Any, events: _EventPool | None = None):
         self.record = PrefillRecord(batch=batch, tokens=tokens, tag=tag)
         self.device = device
         self.cuda = timing and device is not None and device.type == "cuda"
         self.timing = timing
+        self.events = events if events is not None else _EventPool()
         self.t0 = time.perf_counter()
         self.marks: list[tuple[Any, Any, Any]] = []  # (start, after plan, end) per attention call
         self.flops = 0.0
@@ -191,9 +216,7 @@ class _Active:
         if not self.timing:
             return None
         if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
+            return self.events.record()
         return time.perf_counter()
 
     def finish(self) -> PrefillRecord:
@@ -206,10 +229,12 @@ class _Active:
                 if self.cuda:
                     attn += start.elapsed_time(end) / 1e3
                     plan += start.elapsed_time(mid) / 1e3 if mid is not None else 0.0
+                    self.events.give_back([start, mid, end])
                 else:
                     attn += end - start
                     plan += (mid - start) if mid is not None else 0.0
             rec.attention_s, rec.plan_s = attn, plan
+            self.marks.clear()
         rec.density = self.flops_density / self.flops if self.flops > 0 else None
         return rec
 
@@ -237,6 +262,7 @@ class SparseAttention:
         self._hooks: list[Any] = []
         self._originals: list[tuple[Any, Any]] = []
         self._sdpa_mask = sdpa_mask
+        self._events = _EventPool()
         self.head_dim, self.scale = self._layer_geometry()
 
     # geometry of the backbone's attention layers
@@ -277,7 +303,7 @@ class SparseAttention:
         if tokens > 1:
             if self.timing:
                 _sync(device)
-            self._active = _Active(batch, tokens, device, self.timing, self.tag)
+            self._active = _Active(batch, tokens, device, self.timing, self.tag, self._events)
 
     def _backbone_post(self, module, args, kwargs, output) -> None:
         active, self._active = self._active, None
@@ -342,13 +368,15 @@ class SparseAttention:
             active.flops += flops
             active.flops_density += flops
             return out
+        # Allocated before the plan: the plan ends in a host sync, and after it
+        # every host-side step delays the executor's launch.
+        buf = self._output_buffer(query)
         if active is None:  # a prefill outside the hooked backbone forward (should not happen)
-            plan = self.method.plan(query, key, value)
-            return self.method.run(query, key, value, plan).transpose(1, 2).contiguous(), None
+            return self._run(query, key, value, self.method.plan(query, key, value), buf), None
         start = active.mark()
         plan = self.method.plan(query, key, value)
         mid = active.mark()
-        out = self.method.run(query, key, value, plan)
+        out = self._run(query, key, value, plan, buf)
         end = active.mark()
         if active.timing:
             active.marks.append((start, mid, end))
@@ -356,7 +384,21 @@ class SparseAttention:
         flops = float(query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2])
         active.flops += flops
         active.flops_density += flops * float(plan.density)
-        return out.transpose(1, 2).contiguous(), None
+        return out, None
+
+    def _output_buffer(self, query: torch.Tensor) -> torch.Tensor | None:
+        """``[B, L, H, D]``, the layout transformers wants, for a method that stores into ``out``."""
+        if not self.method.writes_out:
+            return None
+        bsz, heads, length, dim = query.shape
+        return torch.empty(bsz, length, heads, dim, dtype=query.dtype, device=query.device)
+
+    def _run(self, query, key, value, plan, buf: torch.Tensor | None) -> torch.Tensor:
+        """The method's output as a contiguous ``[B, L, H, D]``."""
+        if buf is None:  # the method returns its own [B, H, L, D]: one transpose copy (as SDPA's path)
+            return self.method.run(query, key, value, plan).transpose(1, 2).contiguous()
+        self.method.run_into(query, key, value, plan, buf.transpose(1, 2))  # no copy: stored in place
+        return buf
 
     # -- reading the statistics -----------------------------------------------------------
     def reset(self) -> None:
