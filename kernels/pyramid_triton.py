@@ -183,198 +183,6 @@ def _walk_level(
     return acc, l_i, m_i
 
 
-# ---------------------------------------------------------------- fused walk (FUSE >= 1)
-# One loop over the clean tiles of every level, then one over the masked
-# tiles of every level: the software pipeline (index load -> K/V copies ->
-# MMAs) starts once per program instead of once per (level, clean|masked),
-# and each start pays two dependent memory round trips (index, then K/V).
-@triton.jit
-def _pick(r, a0, a1, a2, a3):
-    """a_r for a runtime rank r in 0..3 (scalar selects, no branches)."""
-    return tl.where(r == 0, a0, tl.where(r == 1, a1, tl.where(r == 2, a2, a3)))
-
-
-@triton.jit
-def _fused_tile(
-    t, acc, l_i, m_i, q, q_pos,
-    e1, e2, e4, o0, o1, o2, o3,
-    k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1,
-    idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-    kv_len, qk_scale,
-    LOG2_BKV: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ROW_D: tl.constexpr,
-):
-    """Tile t of the fused list: tiles [0,e1) are level 1, [e1,e2) level 2, [e2,e4) level 4, the rest level 8.
-
-    ``o_r`` is the first level-local tile of the list's share of level 2**r
-    (0 for clean tiles, the clean-tile count for masked ones).
-    """
-    r = (t >= e1).to(tl.int32) + (t >= e2).to(tl.int32) + (t >= e4).to(tl.int32)
-    local = t - _pick(r, 0, e1, e2, e4) + _pick(r, o0, o1, o2, o3)
-    log2_r = LOG2_BKV - r  # a level-p block holds block_kv / p pooled rows
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
-    g = local * BLOCK_N + offs_n
-    e = g >> log2_r
-    ent = idx_row + _pick(r, 0, s1, s2, s4)
-    k_base = _pick(r, k1, k2, k4, k8)
-    v_base = _pick(r, v1, v2, v4, v8)
-    if ROW_D:  # level 1 rows are D apart too: one compile-time stride (fewer live registers)
-        sk: tl.constexpr = D
-        sv: tl.constexpr = D
-    else:
-        sk = tl.where(r == 0, sk1, D)
-        sv = tl.where(r == 0, sv1, D)
-    if MASKED:
-        n_ent = _pick(r, n0, n1, n2, n3)
-        n_rows = _pick(r, kv_len, len2, len4, len8)
-        blk = tl.load(ent + e, mask=e < n_ent, other=0).to(tl.int32)
-        rows = (blk << log2_r) + (g & ((1 << log2_r) - 1))
-        ok = (e < n_ent) & (rows < n_rows)
-        k = tl.load(k_base + rows[:, None] * sk + offs_d[None, :], mask=ok[:, None], other=0.0)
-    else:
-        blk = tl.load(ent + e).to(tl.int32)
-        rows = (blk << log2_r) + (g & ((1 << log2_r) - 1))
-        k = tl.load(k_base + rows[:, None] * sk + offs_d[None, :])
-    if UPCAST:
-        k = k.to(tl.float32)
-    qk = tl.dot(q, tl.trans(k), input_precision=PREC)
-    if MASKED:
-        level = 1 << r
-        start = rows * level
-        size = tl.minimum(kv_len - start, level)
-        visible = ok[None, :]
-        if CAUSAL:
-            visible = visible & ((start + size - 1)[None, :] <= q_pos[:, None])
-        bias = tl.log2(tl.maximum(size, 1).to(tl.float32))
-        s = tl.where(visible, qk * qk_scale + bias[None, :], float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        x = s - m_new[:, None]
-    else:
-        # Clean tile: +log2(p) = +r folded into the row max and the shift.
-        lg = r.to(tl.float32)
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale + lg)
-        x = qk * qk_scale + (lg - m_new)[:, None]
-    p = tl.math.exp2(x)
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
-        v = tl.load(v_base + rows[:, None] * sv + offs_d[None, :], mask=ok[:, None], other=0.0)
-    else:
-        v = tl.load(v_base + rows[:, None] * sv + offs_d[None, :])
-    acc = acc * alpha[:, None]
-    if UPCAST:
-        acc = tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32), acc, input_precision=PREC)
-    else:
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
-    return acc, l_i, m_new
-
-
-@triton.jit
-def _fused_walk(
-    acc, l_i, m_i, q, q_pos,
-    t0, t1, t2, t3, o0, o1, o2, o3,
-    k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1,
-    idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-    kv_len, qk_scale,
-    LOG2_BKV: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, WS: tl.constexpr,
-    ROW_D: tl.constexpr, MASK_STAGES: tl.constexpr = 2,
-):
-    """t_r tiles of level 2**r (from level-local tile o_r on), all in one loop."""
-    e1 = t0
-    e2 = e1 + t1
-    e4 = e2 + t2
-    total = e4 + t3
-    if WS:
-        for t in tl.range(0, total, warp_specialize=True):
-            acc, l_i, m_i = _fused_tile(
-                t, acc, l_i, m_i, q, q_pos, e1, e2, e4, o0, o1, o2, o3,
-                k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1, idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-                kv_len, qk_scale, LOG2_BKV, BLOCK_N, D, MASKED, CAUSAL, PREC, UPCAST, ROW_D,
-            )
-    elif MASKED:
-        # few tiles per row; a deep pipeline here spills registers
-        for t in tl.range(0, total, num_stages=MASK_STAGES):
-            acc, l_i, m_i = _fused_tile(
-                t, acc, l_i, m_i, q, q_pos, e1, e2, e4, o0, o1, o2, o3,
-                k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1, idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-                kv_len, qk_scale, LOG2_BKV, BLOCK_N, D, MASKED, CAUSAL, PREC, UPCAST, ROW_D,
-            )
-    else:
-        for t in range(0, total):
-            acc, l_i, m_i = _fused_tile(
-                t, acc, l_i, m_i, q, q_pos, e1, e2, e4, o0, o1, o2, o3,
-                k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1, idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-                kv_len, qk_scale, LOG2_BKV, BLOCK_N, D, MASKED, CAUSAL, PREC, UPCAST, ROW_D,
-            )
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _fused_levels(
-    acc, l_i, m_i, q, q_pos,
-    k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1,
-    idx_row, cnt, len2, len4, len8, kv_len, qk_scale,
-    BLOCK_KV: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr,
-    LEVEL_MASK: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, USE_TMA: tl.constexpr,
-    FUSE: tl.constexpr, WS: tl.constexpr, LOG2_BKV: tl.constexpr, ROW_D: tl.constexpr,
-):
-    """Every level of one row in at most three loops.
-
-    FUSE=1: clean tiles of all levels, then masked tiles of all levels.
-    FUSE=2: level-1 clean tiles in their own loop first (contiguous, so TMA
-    can load them), then the fused pooled clean tiles, then all masked tiles.
-    """
-    n0 = tl.load(cnt + 0)
-    n1 = tl.load(cnt + 1)
-    n2 = tl.load(cnt + 2)
-    n3 = tl.load(cnt + 3)
-    c0 = tl.load(cnt + 4)
-    c1 = tl.load(cnt + 5)
-    c2 = tl.load(cnt + 6)
-    c3 = tl.load(cnt + 7)
-    # tiles of BLOCK_N pooled rows: f_r clean, m_r in all (a level-2**r block holds BLOCK_KV >> r rows)
-    f0 = (c0 * BLOCK_KV) // BLOCK_N
-    f1 = (c1 * (BLOCK_KV // 2)) // BLOCK_N
-    f2 = (c2 * (BLOCK_KV // 4)) // BLOCK_N
-    f3 = (c3 * (BLOCK_KV // 8)) // BLOCK_N
-    m0 = (n0 * BLOCK_KV + BLOCK_N - 1) // BLOCK_N
-    m1 = (n1 * (BLOCK_KV // 2) + BLOCK_N - 1) // BLOCK_N
-    m2 = (n2 * (BLOCK_KV // 4) + BLOCK_N - 1) // BLOCK_N
-    m3 = (n3 * (BLOCK_KV // 8) + BLOCK_N - 1) // BLOCK_N
-    s1 = n0
-    s2 = s1 + n1
-    s4 = s2 + n2
-    clean0 = f0
-    if FUSE == 2:
-        if LEVEL_MASK & 1:
-            R: tl.constexpr = BLOCK_KV
-            TMA: tl.constexpr = USE_TMA and BLOCK_N <= R
-            if TMA:
-                k_desc = tl.make_tensor_descriptor(k1, shape=[kv_len, D], strides=[sk1, 1], block_shape=[BLOCK_N, D])
-                v_desc = tl.make_tensor_descriptor(v1, shape=[kv_len, D], strides=[sv1, 1], block_shape=[BLOCK_N, D])
-            else:
-                k_desc = k1
-                v_desc = v1
-            acc, l_i, m_i = _attend_level(
-                acc, l_i, m_i, q, q_pos, k1, v1, sk1, sv1, k_desc, v_desc, idx_row, n0, 0, f0,
-                kv_len, kv_len, qk_scale, 1, 0.0, R, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, TMA,
-            )
-        clean0 = 0
-    acc, l_i, m_i = _fused_walk(
-        acc, l_i, m_i, q, q_pos, clean0, f1, f2, f3, 0, 0, 0, 0,
-        k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1, idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-        kv_len, qk_scale, LOG2_BKV, BLOCK_N, D, False, CAUSAL, PREC, UPCAST, WS, ROW_D,
-    )
-    acc, l_i, m_i = _fused_walk(
-        acc, l_i, m_i, q, q_pos, m0 - f0, m1 - f1, m2 - f2, m3 - f3, f0, f1, f2, f3,
-        k1, v1, k2, v2, k4, v4, k8, v8, sk1, sv1, idx_row, s1, s2, s4, n0, n1, n2, n3, len2, len4, len8,
-        kv_len, qk_scale, LOG2_BKV, BLOCK_N, D, True, CAUSAL, PREC, UPCAST, 0, ROW_D,
-    )
-    return acc, l_i, m_i
-
-
 # Lengths and counts vary per call: no integer specialisation on them, so one
 # compiled kernel serves every sequence length (strides stay specialised).
 @triton.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width"])
@@ -389,8 +197,7 @@ def _pyramid_fwd(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NP: tl.constexpr, D: tl.constexpr,
     CAUSAL: tl.constexpr, LEVEL_MASK: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_COMP: tl.constexpr, RETURN_LSE: tl.constexpr, PREC: tl.constexpr,
-    UPCAST: tl.constexpr, USE_TMA: tl.constexpr, FUSE: tl.constexpr = 0, WS: tl.constexpr = 0, LOG2_BKV: tl.constexpr = 0,
-    ROW_D: tl.constexpr = 0,
+    UPCAST: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     if CAUSAL:  # longest rows first
@@ -418,17 +225,8 @@ def _pyramid_fwd(
 
     # Level 1 reads K/V in place (any strides); pooled levels are contiguous [B, Hkv, Lp, D].
     kv_head = b.to(tl.int64) * (num_heads // group) + hk
-    if FUSE:
-        acc, l_i, m_i = _fused_levels(
-            acc, l_i, m_i, q, q_pos,
-            K1 + b.to(tl.int64) * sk_b + hk.to(tl.int64) * sk_h, V1 + b.to(tl.int64) * sv_b + hk.to(tl.int64) * sv_h,
-            K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D,
-            K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, sk_l, sv_l,
-            idx_row, cnt, len2, len4, len8, kv_len, qk_scale,
-            BLOCK_KV, BLOCK_N, D, CAUSAL, LEVEL_MASK, PREC, UPCAST, USE_TMA, FUSE, WS, LOG2_BKV, ROW_D,
-        )
     start = 0
-    if LEVEL_MASK & 1 and FUSE == 0:
+    if LEVEL_MASK & 1:
         n = tl.load(cnt + 0)
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos,
@@ -437,7 +235,7 @@ def _pyramid_fwd(
             1, 0.0, BLOCK_KV, BLOCK_N, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
-    if LEVEL_MASK & 2 and FUSE == 0:
+    if LEVEL_MASK & 2:
         n = tl.load(cnt + 1)
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K2 + kv_head * len2 * D, V2 + kv_head * len2 * D, D, D,
@@ -445,7 +243,7 @@ def _pyramid_fwd(
             2, 1.0, BLOCK_KV // 2, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
-    if LEVEL_MASK & 4 and FUSE == 0:
+    if LEVEL_MASK & 4:
         n = tl.load(cnt + 2)
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K4 + kv_head * len4 * D, V4 + kv_head * len4 * D, D, D,
@@ -453,7 +251,7 @@ def _pyramid_fwd(
             4, 2.0, BLOCK_KV // 4, BLOCK_NP, D, CAUSAL, PREC, UPCAST, USE_TMA,
         )
         start += n
-    if LEVEL_MASK & 8 and FUSE == 0:
+    if LEVEL_MASK & 8:
         n = tl.load(cnt + 3)
         acc, l_i, m_i = _walk_level(
             acc, l_i, m_i, q, q_pos, K8 + kv_head * len8 * D, V8 + kv_head * len8 * D, D, D,
@@ -601,8 +399,6 @@ def run_plan(
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_NP=cfg.BLOCK_NP or cfg.BLOCK_N, D=d,
             CAUSAL=plan.causal, LEVEL_MASK=sched.level_mask,
             HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse, PREC=prec, UPCAST=upcast, USE_TMA=use_tma,
-            FUSE=cfg.FUSE, WS=cfg.WS, LOG2_BKV=plan.block_kv.bit_length() - 1,
-            ROW_D=k.stride(2) == d and v.stride(2) == d,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 

@@ -52,20 +52,12 @@ class KernelConfig:
     #: tile rows for the pooled levels 2/4/8 (0: same as BLOCK_N); pooled
     #: tiles gather rows of several blocks, which needs more registers
     BLOCK_NP: int = 0
-    #: walk the levels in fused loops (see pyramid_triton._fused_levels):
-    #: 0 one clean + one masked loop per level, 1 one clean loop over all
-    #: levels + one masked loop, 2 as 1 but level-1 clean tiles first in
-    #: their own (TMA-capable) loop. BLOCK_NP does not apply when fused.
-    FUSE: int = 0
-    #: 1: ask Triton to warp-specialise the fused clean loop
-    WS: int = 0
 
     def fits(self, block_q: int) -> bool:
         return self.BLOCK_M <= block_q and block_q % self.BLOCK_M == 0
 
     def label(self) -> str:
-        return (f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},"
-                f"TMA={self.TMA},BLOCK_NP={self.BLOCK_NP},FUSE={self.FUSE},WS={self.WS}")
+        return f"BLOCK_M={self.BLOCK_M},BLOCK_N={self.BLOCK_N},num_warps={self.num_warps},num_stages={self.num_stages},TMA={self.TMA},BLOCK_NP={self.BLOCK_NP}"
 
 
 DEFAULT = KernelConfig(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, TMA=1)  # best dense config measured on H100
@@ -125,8 +117,6 @@ def _checked(cfg: KernelConfig) -> KernelConfig:
         value = getattr(cfg, name)
         if value not in (16, 32, 64, 128, 256) and not (name == "BLOCK_NP" and value == 0):
             raise SpbenchError(f"{name}={value} must be one of 16, 32, 64, 128, 256")
-    if cfg.FUSE not in (0, 1, 2) or cfg.WS not in (0, 1):
-        raise SpbenchError(f"FUSE must be 0, 1 or 2 and WS 0 or 1 in {cfg.label()}")
     if cfg.num_warps not in (1, 2, 4, 8, 16) or not 1 <= cfg.num_stages <= 8 or cfg.TMA not in (0, 1):
         raise SpbenchError(f"bad num_warps/num_stages in {cfg.label()}")
     return cfg
