@@ -232,16 +232,20 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "executor_bench.json"))
     ap.add_argument("--workers", type=int, default=12)
-    ap.add_argument("--no-long", action="store_true", help="skip the 110k x 40 heads cases")
+    ap.add_argument("--no-long", "--quick", action="store_true", help="skip the 110k x 40 heads cases")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--budget-s", type=float, default=270, help="skip the 110k cases when this much time is spent")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, few configs (CPU under TRITON_INTERPRET=1)")
+    ap.add_argument("--extra", default="", help="more configs to time next to the autotune candidates, ';'-separated")
+    ap.add_argument("--level-cfg", default="", help="a second config for the per-level cost table")
     args = ap.parse_args()
 
     import triton
     from spbench.kernels import tuning
 
     cands = [c.label() for c in tuning.candidates(128, 128)]
+    cands += [cfg_of(x).label() for x in args.extra.split(";") if x.strip() and cfg_of(x).label() not in cands]
+    level_cfgs = [LEVEL_COST_CFG] + ([args.level_cfg] if args.level_cfg else [])
     if args.smoke:
         SMOKE["on"] = True
         cands = cands[:2]
@@ -273,7 +277,8 @@ def main():
         tasks.append(("warm", dict(d=128, bq=128, bk=64, mix={1: 1.0}, cfg=cfg, causal=True)))
     for bk in (32, 64, 128):
         for p in (1, 2, 4, 8):
-            tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={p: 0.4}, cfg=LEVEL_COST_CFG)))
+            for lcfg in level_cfgs:
+                tasks.append(("warm", dict(d=128, bq=128, bk=bk, mix={p: 0.4}, cfg=lcfg)))
     ctx = mp.get_context("spawn")
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -382,18 +387,19 @@ def main():
     save()
 
     # per-level cost: 40% of each row's blocks at one level, pyramid prebuilt, best PSA config
-    cost = {}
-    cfg_lv = LEVEL_COST_CFG
-    for bk in (32, 64, 128):
-        row = {}
-        for p in (1, 2, 4, 8):
-            plan = make_plan(1, H, L, L, 128, bk, {p: 0.4})
-            row[p] = ours(q, k, v, plan, cfg_lv, 15, pyramid=pyr)
-        cost[bk] = {p: (row[p], (row[p] / row[1]) if row[p] and row[1] else None) for p in row}
-        print(f"level cost bk={bk}: " + ", ".join(f"p{p}: {row[p]:.3f} ms (x{cost[bk][p][1]:.3f}, target <= {1.3 / p:.3f})" for p in row if row[p]), flush=True)
-    T["32k_level_cost"] = cost
-    T["32k_level_cost_config"] = cfg_lv
-    save()
+    for li, cfg_lv in enumerate(level_cfgs):
+        cost = {}
+        for bk in (32, 64, 128):
+            row = {}
+            for p in (1, 2, 4, 8):
+                plan = make_plan(1, H, L, L, 128, bk, {p: 0.4})
+                row[p] = ours(q, k, v, plan, cfg_lv, 15, pyramid=pyr)
+            cost[bk] = {p: (row[p], (row[p] / row[1]) if row[p] and row[1] else None) for p in row}
+            print(f"level cost bk={bk} [{cfg_lv}]: " + ", ".join(f"p{p}: {row[p]:.3f} ms (x{cost[bk][p][1]:.3f}, target <= {1.3 / p:.3f})" for p in row if row[p]), flush=True)
+        suffix = "" if li == 0 else f"_alt{li}"
+        T["32k_level_cost" + suffix] = cost
+        T["32k_level_cost_config" + suffix] = cfg_lv
+        save()
 
     plan = make_plan(1, H, L, L, 128, 64, {1: 1.0}, causal=True)
     T["32k_causal_sdpa"] = sdpa_times(q, k, v, 10, backends=("cudnn", "flash"), causal=True)
@@ -455,8 +461,14 @@ def summarize(T):
     pm = best(T.get("32k_psa_mix_prebuilt"))
     wb = T.get("32k_psa_mix_with_build") or float("nan")
     out["32k psa mix ms run / +build / speedups [>=5.5]"] = f"{pm:.3f} / {wb:.3f} / {base32 / pm:.2f}x / {base32 / wb:.2f}x"
-    for bk, row in (T.get("32k_level_cost") or {}).items():
-        out[f"level cost x p, bk={bk} [<=1.3]"] = {p: (round(v[1] * int(p), 3) if v[1] else None) for p, v in row.items()}
+    for suffix in ("", "_alt1"):
+        for bk, row in (T.get("32k_level_cost" + suffix) or {}).items():
+            label = f"level cost x p, bk={bk} [<=1.3]" + (f" ({T['32k_level_cost_config' + suffix]})" if suffix else "")
+            out[label] = {p: (round(v[1] * int(p), 3) if v[1] else None) for p, v in row.items()}
+    for name in ("32k_dense_bk64", "32k_dense_bk128", "32k_sparse10", "32k_psa_mix_prebuilt"):
+        vals = {c: t for c, t in (T.get(name) or {}).items() if isinstance(t, float)}
+        if vals:
+            out[f"best config {name}"] = min(vals, key=vals.get)
     if "110k_sdpa" in T:
         base = best(T["110k_sdpa"])
         dense = min(best(T.get("110k_dense_bk64")), best(T.get("110k_dense_bk128")))

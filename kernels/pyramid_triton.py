@@ -29,6 +29,11 @@ How the work is laid out (the choices the papers leave open):
   K/V copies waited on: 26% slower at 64-row tiles on H100). Contiguous
   tiles can use TMA descriptors; pooled levels may use their own tile
   height (``BLOCK_NP``), which avoids register spills at 128-row tiles.
+* Measured and rejected (H200, triton 3.6, results/reference/
+  executor_bench_h200_fused_variants.json): one fused loop over all
+  levels with per-tile level selects (level-1 tiles ~25% slower, the mix
+  ~18% slower; the fused masked loop spills unless it runs 2 stages), and
+  ``tl.range(warp_specialize=True)`` (fails to compile on sm_90).
 * Softmax in base 2 with log2(e) folded into the scale; fp32 accumulators;
   the query tile is loaded once. A row that sees nothing returns zeros (its
   lse is -inf), never NaN.
