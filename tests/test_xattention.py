@@ -92,18 +92,33 @@ def test_triton_gpu_tile_sizes():
 def test_kernel_compiles_for_h100_without_spills():
     from sm90_compile import sm90_resources
 
+    from spbench.kernels.antidiag import GPU_CONFIGS
+
     configs = []
-    for d, stride, bk in ((128, 8, 128), (64, 16, 64)):  # the GPU's 128 x 128 tiles, 8 warps
+    for d, stride, bk, causal in ((128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
         cpb = bk // stride
-        consts = dict(STRIDE=stride, D=d, BLOCK_M=128, CPB=cpb, KPT=128 // cpb, CAUSAL=True, DOT_F32=False)
-        configs.append({"constexprs": consts, "options": {"num_warps": 8}})
+        for bm, bn, warps, stages, flat in GPU_CONFIGS:  # every candidate the GPU autotune may pick
+            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat)
+            configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}})
     results = sm90_resources(
         "spbench.kernels.antidiag", "_tile_lse", configs,
         {"Q": "*bf16", "K": "*bf16", "LSE": "*fp32", "ROW_LSE": "*fp32"},
-        div16=("sqb", "sqh", "sql", "skb", "skh", "skl"), ones=("sqd", "skd"), floats=("qk_scale",),
+        div16=("sqb", "sqh", "sql", "skb", "skh", "skl", "ld"), ones=("sqd", "skd"), floats=("qk_scale",),
     )
-    for res in results:
-        assert res["STACK"] == 0 and res["pipelined"], res
+    for cfg, res in zip(configs, results):
+        # the nested-loop fallback (the previous kernel) is allowed its small spill
+        assert res["STACK"] <= (0 if cfg["constexprs"]["FLAT"] else 16) and res["pipelined"], (cfg, res)
+
+
+@pytest.mark.parametrize("bm,bn,flat", sorted({(bm, bn, flat) for bm, bn, _, _, flat in
+                                                __import__("spbench.kernels.antidiag", fromlist=["GPU_CONFIGS"]).GPU_CONFIGS}))
+def test_triton_every_gpu_config(bm, bn, flat):
+    # every autotune candidate's tile shape and loop form gives the same scores (interpreter)
+    q, k = torch.randn(1, 2, 900, 64), torch.randn(1, 1, 900, 64)
+    for causal, stride, bk in ((True, 8, 128), (False, 16, 64)):
+        cfg = dict(BLOCK_M=bm, KPT=bn // (bk // stride), num_warps=4, num_stages=1, FLAT=flat)
+        got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg)
+        torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
 
 
 def test_plan_with_triton_scorer_equals_torch_scorer():
