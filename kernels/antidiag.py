@@ -19,9 +19,10 @@ Choices the paper leaves open:
 
 The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
 
-1. ``_tile_lse``: one program per (64 or 128 reshaped rows, batch*head); it
-   loops over KV tiles, computes the scaled sums with S ``tl.dot`` calls of
-   head-dim depth, and writes, per (reshaped row, KV block), the
+1. ``_tile_lse``: one program per (BLOCK_M reshaped rows, batch*head); it
+   loops over KV tiles (one flat loop over (tile, term) pairs, so loads stay
+   prefetched across tile boundaries), computes the scaled sums with S
+   ``tl.dot`` calls of head-dim depth, and writes, per (reshaped row, KV block), the
    log-sum-exp of the row's entries in that block (base 2) plus the row's
    overall log-sum-exp (online over the tiles). Causal tiles past the
    program's last row are skipped.
@@ -29,8 +30,10 @@ The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
    batch*head) turns those into probabilities exp2(lse_block - lse_row) and
    sums them over the query block's rows.
 
-Scratch is ceil(Lq/S) x NKV fp32 per (batch, head); heads are processed in
-chunks so it stays under ``max_scratch_bytes``.
+Tile shapes / warps / stages / loop form are autotuned per shape on CUDA
+(:mod:`spbench.kernels.score_tuning`). Scratch is ceil(Lq/S) x NKV fp32 per
+(batch, head); heads are processed in chunks so it stays under
+``max_scratch_bytes``.
 """
 
 from __future__ import annotations

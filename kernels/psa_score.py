@@ -19,16 +19,23 @@ Choices the paper leaves open:
 
 Triton path, never materialising the sampled Q K^T:
 
-1. ``_sampled_rowmax``: one program per (64 sampled query rows, batch*head),
-   looping over tiles of sampled keys: one ``tl.dot`` per tile, the max over
-   each KV block's sampled keys written to scratch ``[rows, NKV]`` and the
-   running max over all keys kept per row. Causal tiles past the program's
-   last query are skipped.
+0. ``_gather_rows``: the sampled Q rows and K rows (per query head) are
+   copied into contiguous, zero-padded ``[rows, D]`` buffers (1/4 of Q and
+   of K at the default sampling), so the scoring tiles load unmasked and
+   pipeline like a plain GEMM.
+1. ``_sampled_rowmax``: one program per (BLOCK_M sampled query rows,
+   batch*head), looping over tiles of BLOCK_N sampled keys: one ``tl.dot``
+   per tile, the max over each KV block's sampled keys written to scratch
+   ``[rows, NKV]`` and a running max per (row, KV-block slot) whose
+   cross-thread reduce runs once after the loop. Causal tiles past the
+   program's last query block are skipped.
 2. ``_block_max``: one program per (query block, KV block range,
    batch*head): ``max_q exp(rowmax - row_max_all)``.
 
-Scratch is NQ*sq x NKV fp32 per (batch, head); heads are processed in
-chunks so it stays under ``max_scratch_bytes``.
+Tile shapes / warps / stages are autotuned per shape on CUDA
+(:mod:`spbench.kernels.score_tuning`). Scratch is NQ*sq x NKV fp32 plus the
+gathered rows per (batch, head); heads are processed in chunks so it stays
+under ``max_scratch_bytes``.
 """
 
 from __future__ import annotations
