@@ -29,6 +29,7 @@ import warnings
 import torch
 
 import spbench
+from spbench.kernels import score_tuning
 from spbench.parsing import parse_seq
 from spbench.timing import time_fn
 from spbench.workloads import make_qkv
@@ -182,6 +183,10 @@ def main() -> None:
         del q, k, v
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    # launch configs the scorer autotune chose (and its candidate timings), per shape key
+    report["scorer_configs"] = score_tuning.scorer_configs()
+    for key, val in report["scorer_configs"].items():
+        print(f"scorer config {key}: {val['config']}  {val['timings_ms']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
 
@@ -95,12 +96,12 @@ def _lse_epilogue(acc, rows, cols, kvb, lse_base, m_i, l_i, n_rows, n_cols, nkv,
 
 @triton.jit
 def _tile_lse(
-    Q, K, LSE, ROW_LSE,
+    Q, K, QD, KD, LSE, ROW_LSE,
     sqb, sqh, sql, sqd,
     skb, skh, skl, skd,
     bh0, hq, group, lq, lk, n_rows, n_cols, nkv, ld, qk_scale,
     STRIDE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, CPB: tl.constexpr, KPT: tl.constexpr,
-    CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, FLAT: tl.constexpr,
+    CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, FLAT: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -134,8 +135,16 @@ def _tile_lse(
             t = step // STRIDE
             i = step % STRIDE
             cols = t * BLOCK_N + col_offs
-            qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
-            kt = tl.load(k_ptrs0 + (t * BLOCK_N * STRIDE + i) * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
+            if TMA:
+                # QD / KD view Q / K as [heads * rows, S * D] (one reshaped row
+                # per line, Lq and Lk multiples of S): term i is a D-wide column
+                # slice. Rows past this head's end read the next head's (or
+                # TMA's zero fill); the epilogue masks them.
+                qt = QD.load([bh * n_rows + pid_m * BLOCK_M, (STRIDE - 1 - i) * D])
+                kt = KD.load([(b * (hq // group) + hk) * n_cols + t * BLOCK_N, i * D])
+            else:
+                qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
+                kt = tl.load(k_ptrs0 + (t * BLOCK_N * STRIDE + i) * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
             if DOT_F32:
                 qt = qt.to(tl.float32)
                 kt = kt.to(tl.float32)
@@ -194,11 +203,21 @@ def _block_sums(
 # 256-wide tiles spill heavily at d=128 (the epilogue holds a second
 # BLOCK_M x BLOCK_N fp32 tile), so they are not tried. The FLAT configs
 # compile for sm_90 without spills (tests/test_xattention.py).
-GPU_CONFIGS = ((128, 128, 8, 3, 1), (128, 128, 8, 4, 1), (64, 128, 4, 3, 1), (128, 128, 8, 3, 0))
+# A sixth field 1: TMA loads (tensor descriptors), used when Q and K are
+# contiguous with lengths a multiple of S (else those configs are not tried).
+GPU_CONFIGS = (
+    (128, 128, 8, 3, 1), (128, 128, 8, 4, 1), (64, 128, 4, 3, 1), (128, 128, 8, 3, 0),
+    (128, 128, 8, 3, 1, 1), (128, 128, 8, 2, 1, 1), (64, 128, 4, 3, 1, 1),
+)
 INTERPRETER_CONFIG = (64, 64, 4, 1, 1)
 
 
-def tile_configs(device: torch.device, cpb: int, tile: int | None = None) -> list[dict[str, int]]:
+def tma_ok(q: torch.Tensor, k: torch.Tensor, stride: int) -> bool:
+    """Can ``_tile_lse`` read Q and K through [rows, S*D] tensor descriptors?"""
+    return all(x.is_contiguous() and x.shape[2] % stride == 0 and x.data_ptr() % 16 == 0 for x in (q, k))
+
+
+def tile_configs(device: torch.device, cpb: int, tile: int | None = None, tma: bool = True) -> list[dict[str, int]]:
     """Candidate launch configs of ``_tile_lse`` (BLOCK_N as KV blocks per tile, ``KPT``)."""
     if tile is not None:
         raw = [(tile, tile, 8 if tile >= 128 else 4, 3, 1)]
@@ -207,8 +226,10 @@ def tile_configs(device: torch.device, cpb: int, tile: int | None = None) -> lis
     else:
         raw = [INTERPRETER_CONFIG]
     out = []
-    for bm, bn, warps, stages, flat in raw:
-        cfg = dict(BLOCK_M=bm, KPT=max(1, bn // cpb), num_warps=warps, num_stages=stages, FLAT=flat)
+    for bm, bn, warps, stages, flat, *use_tma in raw:
+        cfg = dict(BLOCK_M=bm, KPT=max(1, bn // cpb), num_warps=warps, num_stages=stages, FLAT=flat, TMA=use_tma[0] if use_tma else 0)
+        if cfg["TMA"] and not tma:
+            continue
         if cfg not in out:
             out.append(cfg)
     return out
@@ -241,7 +262,12 @@ def antidiagonal_scores(
     n_rows, n_cols = math.ceil(lq / stride), math.ceil(lk / stride)
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     rpb, cpb = block_q // stride, block_kv // stride
-    configs = [config] if config is not None else tile_configs(q.device, cpb, tile)
+    use_tma = tma_ok(q, k, stride)
+    configs = [config] if config is not None else tile_configs(q.device, cpb, tile, use_tma)
+    if any(c.get("TMA") for c in configs) and not use_tma:
+        raise ValueError("TMA configs need contiguous q and k with lengths a multiple of the stride")
+    if any(c.get("TMA") and not c.get("FLAT") for c in configs):
+        raise ValueError("TMA loads are implemented in the flat loop only (FLAT=1)")
     ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
     qk_scale = (dim**-0.5 if scale is None else scale) / stride * LOG2E
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
@@ -256,8 +282,12 @@ def antidiagonal_scores(
         n_bh = min(chunk, bsz * hq - bh0)
 
         def launch(cfg, bh0=bh0, n_bh=n_bh):
+            qd, kd = q, k  # unused placeholders unless TMA
+            if cfg.get("TMA"):
+                qd = TensorDescriptor.from_tensor(q.view(-1, stride * dim), [cfg["BLOCK_M"], dim])
+                kd = TensorDescriptor.from_tensor(k.view(-1, stride * dim), [cfg["KPT"] * cpb, dim])
             _tile_lse[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
-                q, k, lse, row_lse,
+                q, k, qd, kd, lse, row_lse,
                 *q.stride(), *k.stride(),
                 bh0, hq, hq // hkv, lq, lk, n_rows, n_cols, nkv, ld, qk_scale,
                 STRIDE=stride, D=dim, CPB=cpb, CAUSAL=causal, DOT_F32=dot_f32, **cfg,

@@ -45,6 +45,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
 from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting
@@ -92,10 +93,10 @@ def _gather_rows(
 
 @triton.jit
 def _sampled_rowmax(
-    QS, KS, QPOS, KPOS, RMAX, MAXALL,
+    QS, KS, QD, KD, QPOS, KPOS, RMAX, MAXALL,
     bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
     BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr, D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -105,7 +106,10 @@ def _sampled_rowmax(
     rows64 = rows.to(tl.int64)  # scratch offsets outgrow int32 on very long sequences
     dims = tl.arange(0, D)
     # gathered, zero-padded, contiguous rows: unmasked loads that pipeline well
-    qt = tl.load(QS + pid_bh.to(tl.int64) * n_rows_pad * D + rows[:, None] * D + dims[None, :])
+    if TMA:  # QD / KD: tensor descriptors over the same buffers, [chunk * rows_pad, D]
+        qt = QD.load([pid_bh * n_rows_pad + pid_m * BLOCK_M, 0])
+    else:
+        qt = tl.load(QS + pid_bh.to(tl.int64) * n_rows_pad * D + rows[:, None] * D + dims[None, :])
     if DOT_F32:
         qt = qt.to(tl.float32)
     k_base = KS + pid_bh.to(tl.int64) * n_cols_pad * D
@@ -122,7 +126,10 @@ def _sampled_rowmax(
     m_acc = tl.full([BLOCK_M, KB], float("-inf"), tl.float32)
     for t in range(0, n_tiles):
         cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
-        kt = tl.load(k_base + cols[:, None] * D + dims[None, :])
+        if TMA:
+            kt = KD.load([pid_bh * n_cols_pad + t * BLOCK_N, 0])
+        else:
+            kt = tl.load(k_base + cols[:, None] * D + dims[None, :])
         if DOT_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(qt, tl.trans(kt))
@@ -174,8 +181,10 @@ def _normalise_rows(scores: torch.Tensor) -> torch.Tensor:
 # SM, so one's max-reduce epilogue overlaps the other's MMAs; 256-wide tiles
 # halve the Q reloads or the K reloads per FLOP (they spill at d=64, so only
 # d=128 tries them). All compile for sm_90 without spills (tests/test_psa.py).
-_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4))
-GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3)), 64: _COMMON}
+# A fifth field 1: load the tiles with TMA (tensor descriptors) instead of
+# pointer loads (no address registers, asynchronous bulk copies).
+_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
+GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3, 1)), 64: _COMMON}
 INTERPRETER_CONFIG = (64, 64, 4, 1)
 ROW_PAD = 256  # gathered rows are padded to a multiple of this (>= every BLOCK_M / BLOCK_N)
 
@@ -189,8 +198,8 @@ def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = N
     else:
         raw = [INTERPRETER_CONFIG]
     out = []
-    for bm, bn, warps, stages in raw:
-        cfg = dict(BLOCK_M=bm, BLOCK_N=max(bn, sk), num_warps=warps, num_stages=stages)  # whole KV blocks per tile
+    for bm, bn, warps, stages, *tma in raw:
+        cfg = dict(BLOCK_M=bm, BLOCK_N=max(bn, sk), num_warps=warps, num_stages=stages, TMA=tma[0] if tma else 0)  # whole KV blocks per tile
         if cfg not in out:
             out.append(cfg)
     return out
@@ -251,8 +260,12 @@ def psa_importance(
         _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64)
 
         def launch(cfg, bh0=bh0, n_bh=n_bh):
+            qd, kd = qs, ks  # unused placeholders unless TMA
+            if cfg.get("TMA"):
+                qd = TensorDescriptor.from_tensor(qs.view(-1, dim), [cfg["BLOCK_M"], dim])
+                kd = TensorDescriptor.from_tensor(ks.view(-1, dim), [cfg["BLOCK_N"], dim])
             _sampled_rowmax[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
-                qs, ks, qpos, kpos, rmax, max_all,
+                qs, ks, qd, kd, qpos, kpos, rmax, max_all,
                 bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
                 BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, **cfg,
             )

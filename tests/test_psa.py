@@ -109,9 +109,11 @@ def test_kernel_compiles_for_h100_without_spills():
     configs = []
     for d, bq, bk, causal in ((128, 128, 64, False), (128, 128, 64, True), (64, 64, 32, True)):
         sq, sk = bq // 4, bk // 4
-        for bm, bn, warps, stages in GPU_CONFIGS[d]:  # every candidate the GPU autotune may pick
-            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=max(bn, sk), CAUSAL=causal, DOT_F32=False)
-            configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}})
+        for bm, bn, warps, stages, *tma in GPU_CONFIGS[d]:  # every candidate the GPU autotune may pick
+            bn = max(bn, sk)
+            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0)
+            descs = {"QD": f"tensordesc<bf16[{bm}, {d}]>", "KD": f"tensordesc<bf16[{bn}, {d}]>"} if tma else {"QD": "*bf16", "KD": "*bf16"}
+            configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
     results = sm90_resources(
         "spbench.kernels.psa_score", "_sampled_rowmax", configs,
         {"QS": "*bf16", "KS": "*bf16", "QPOS": "*i32", "KPOS": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32"},
@@ -121,7 +123,7 @@ def test_kernel_compiles_for_h100_without_spills():
         assert res["STACK"] == 0 and res["pipelined"], (cfg, res)
 
 
-@pytest.mark.parametrize("cfg", [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1) for bm, bn, w, _ in
+@pytest.mark.parametrize("cfg", [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1, TMA=tma[0] if tma else 0) for bm, bn, w, _, *tma in
                                  __import__("spbench.kernels.psa_score", fromlist=["GPU_CONFIGS"]).GPU_CONFIGS[128]])
 def test_triton_every_gpu_config(cfg):
     # every autotune candidate computes the same scores (interpreter, causal + GQA + ragged tail)
