@@ -13,7 +13,10 @@ For every (sequence length, method, budget) it reports:
   ``torch.cuda.set_sync_debug_mode("warn")`` (each one stalls the CPU until
   the GPU drains, so the launches after it cannot overlap the kernels before);
 * once per (sequence, method), at the first budget: the top CUDA kernels and
-  CPU ops of one plan call from ``torch.profiler``.
+  CPU ops of one plan call from ``torch.profiler``;
+* at the end, ``scorer_configs``: the launch config the scoring kernels'
+  autotune chose per shape key, with every candidate's time
+  (:mod:`spbench.kernels.score_tuning`).
 
 The workload is ``make_qkv("video", 1, H, H, L, 128)`` in bf16; dense time is
 the fastest of cuDNN and FlashAttention SDPA on the same tensors.
