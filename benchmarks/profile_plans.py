@@ -13,7 +13,10 @@ For every (sequence length, method, budget) it reports:
   ``torch.cuda.set_sync_debug_mode("warn")`` (each one stalls the CPU until
   the GPU drains, so the launches after it cannot overlap the kernels before);
 * once per (sequence, method), at the first budget: the top CUDA kernels and
-  CPU ops of one plan call from ``torch.profiler``.
+  CPU ops of one plan call from ``torch.profiler``;
+* at the end, ``scorer_configs``: the launch config the scoring kernels'
+  autotune chose per shape key, with every candidate's time
+  (:mod:`spbench.kernels.score_tuning`).
 
 The workload is ``make_qkv("video", 1, H, H, L, 128)`` in bf16; dense time is
 the fastest of cuDNN and FlashAttention SDPA on the same tensors.
@@ -29,6 +32,7 @@ import warnings
 import torch
 
 import spbench
+from spbench.kernels import score_tuning
 from spbench.parsing import parse_seq
 from spbench.timing import time_fn
 from spbench.workloads import make_qkv
@@ -182,6 +186,10 @@ def main() -> None:
         del q, k, v
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    # launch configs the scorer autotune chose (and its candidate timings), per shape key
+    report["scorer_configs"] = score_tuning.scorer_configs()
+    for key, val in report["scorer_configs"].items():
+        print(f"scorer config {key}: {val['config']}  {val['timings_ms']}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

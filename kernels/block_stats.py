@@ -7,8 +7,9 @@ real row count m):
 * ``mean[b, h, n]  = sum_rows x / m``
 * ``mad[b, h, n]   = sum_rows |x - mean| / m``   (per dimension)
 
-The Triton kernel reads each block once from HBM (its second pass over the
-block hits L2), accumulates in fp32, and never materialises ``x - mean``.
+The Triton kernel reads each block once from HBM (a block of up to 128 x 128
+elements is held in registers; a larger one is read twice, the second pass
+hitting L2), accumulates in fp32, and never materialises ``x - mean``.
 :func:`block_stats_reference` is the plain-PyTorch reference.
 """
 
@@ -66,24 +67,37 @@ if triton is not None:
         dmask = dims < D
         start = pid_n * BLOCK
         count = tl.minimum(L - start, BLOCK).to(tl.float32)
-        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for r0 in range(0, BLOCK, CHUNK):
-            rows = start + r0 + tl.arange(0, CHUNK)
+        if CHUNK == BLOCK:
+            # the whole block in registers: one read, both statistics from it
+            rows = start + tl.arange(0, CHUNK)
             mask = (rows < L)[:, None] & dmask[None, :]
             ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
-            acc += tl.sum(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), axis=0)
-        mean = acc / count
-        out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
-        tl.store(MEAN + out, mean, mask=dmask)
-        if WITH_MAD:
-            dev = tl.zeros([BLOCK_D], dtype=tl.float32)
+            x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.sum(x, axis=0) / count
+            out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
+            tl.store(MEAN + out, mean, mask=dmask)
+            if WITH_MAD:
+                dev = tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
+                tl.store(MAD + out, dev / count, mask=dmask)
+        else:
+            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
             for r0 in range(0, BLOCK, CHUNK):
                 rows = start + r0 + tl.arange(0, CHUNK)
                 mask = (rows < L)[:, None] & dmask[None, :]
                 ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
-                x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-                dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
-            tl.store(MAD + out, dev / count, mask=dmask)
+                acc += tl.sum(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), axis=0)
+            mean = acc / count
+            out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
+            tl.store(MEAN + out, mean, mask=dmask)
+            if WITH_MAD:
+                dev = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for r0 in range(0, BLOCK, CHUNK):
+                    rows = start + r0 + tl.arange(0, CHUNK)
+                    mask = (rows < L)[:, None] & dmask[None, :]
+                    ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
+                    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+                    dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
+                tl.store(MAD + out, dev / count, mask=dmask)
 
 
 def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
@@ -94,15 +108,19 @@ def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
     n = (length + block - 1) // block
     mean = torch.empty(bsz, heads, n, dim, dtype=torch.float32, device=x.device)
     mad = torch.empty_like(mean) if with_mad else mean  # MAD pointer unused without with_mad
-    chunk = min(block, 32)
+    # up to 128 x 128 elements: the whole block in registers (one read, no
+    # second pass); larger blocks: two passes over 32-row chunks (the second
+    # hits L2)
+    block_d = triton.next_power_of_2(max(dim, 16))
+    chunk = block if block * block_d <= 128 * 128 and block & (block - 1) == 0 else min(block, 32)
     if block % chunk:
         raise ValueError(f"block ({block}) must be a multiple of {chunk}")
     _block_stats_kernel[(n, bsz * heads)](
         x, mean, mad,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         heads, length, dim,
-        BLOCK=block, CHUNK=chunk, BLOCK_D=triton.next_power_of_2(max(dim, 16)), WITH_MAD=with_mad,
-        num_warps=4,
+        BLOCK=block, CHUNK=chunk, BLOCK_D=block_d, WITH_MAD=with_mad,
+        num_warps=8 if chunk * block_d >= 128 * 128 else 4,
     )
     counts = block_counts(length, block, n, x.device)
     return mean, (mad if with_mad else None), counts

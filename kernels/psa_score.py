@@ -19,16 +19,23 @@ Choices the paper leaves open:
 
 Triton path, never materialising the sampled Q K^T:
 
-1. ``_sampled_rowmax``: one program per (64 sampled query rows, batch*head),
-   looping over tiles of sampled keys: one ``tl.dot`` per tile, the max over
-   each KV block's sampled keys written to scratch ``[rows, NKV]`` and the
-   running max over all keys kept per row. Causal tiles past the program's
-   last query are skipped.
+0. ``_gather_rows``: the sampled Q rows and K rows (per query head) are
+   copied into contiguous, zero-padded ``[rows, D]`` buffers (1/4 of Q and
+   of K at the default sampling), so the scoring tiles load unmasked and
+   pipeline like a plain GEMM.
+1. ``_sampled_rowmax``: one program per (BLOCK_M sampled query rows,
+   batch*head), looping over tiles of BLOCK_N sampled keys: one ``tl.dot``
+   per tile, the max over each KV block's sampled keys written to scratch
+   ``[rows, NKV]`` and a running max per (row, KV-block slot) whose
+   cross-thread reduce runs once after the loop. Causal tiles past the
+   program's last query block are skipped.
 2. ``_block_max``: one program per (query block, KV block range,
    batch*head): ``max_q exp(rowmax - row_max_all)``.
 
-Scratch is NQ*sq x NKV fp32 per (batch, head); heads are processed in
-chunks so it stays under ``max_scratch_bytes``.
+Tile shapes / warps / stages are autotuned per shape on CUDA
+(:mod:`spbench.kernels.score_tuning`). Scratch is NQ*sq x NKV fp32 plus the
+gathered rows per (batch, head); heads are processed in chunks so it stays
+under ``max_scratch_bytes``.
 """
 
 from __future__ import annotations
@@ -38,8 +45,10 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from spbench.kernels.antidiag import LOG2E, dot_in_fp32
+from spbench.kernels import score_tuning
+from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting
 
 
 def sample_offsets(heads: int, block: int, samples: int, seed: int, salt: int = 0) -> torch.Tensor:
@@ -60,73 +69,87 @@ def sampled_positions(offsets: torch.Tensor, length: int, block: int) -> torch.T
 
 
 @triton.jit
-def _sampled_rowmax(
-    Q, K, QOFF, KOFF, RMAX, MAXALL,
-    sqb, sqh, sql, sqd,
-    skb, skh, skl, skd,
-    bh0, hq, group, lq, lk, nq, nkv, qk_scale,
-    BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr,
-    QB: tl.constexpr, KB: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr,
+def _gather_rows(
+    SRC, POS, DST,
+    ssb, ssh, ssl, ssd,
+    bh0, hq, group, n, n_pad,
+    D: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
+    """DST[bh, r] = SRC[b, h // group, POS[h, r]] for r < n, zeros up to n_pad (so tiles load unmasked)."""
+    pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bh = bh0 + pid_bh
     b = bh // hq
     h = bh % hq
-    hk = h // group
-    M: tl.constexpr = QB * SQ
-    N: tl.constexpr = KB * SK
-    n_rows = nq * SQ
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
     dims = tl.arange(0, D).to(tl.int64)
-    # sampled query rows of this program; int64 so long sequences never overflow
-    ridx = pid_m * M + tl.arange(0, M).to(tl.int64)
-    qblk = ridx // SQ
-    qoff = tl.load(QOFF + h * SQ + ridx % SQ)
-    qstart = qblk * BQ
-    qpos = qstart + qoff % tl.maximum(tl.minimum(lq - qstart, BQ), 1)
-    row_ok = qblk < nq
-    qt = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + qpos[:, None] * sql + dims[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+    ok = rows < n
+    pos = tl.load(POS + h * n + rows, mask=ok, other=0).to(tl.int64)
+    src = SRC + b.to(tl.int64) * ssb + (h // group).to(tl.int64) * ssh
+    x = tl.load(src + pos[:, None] * ssl + dims[None, :] * ssd, mask=ok[:, None], other=0.0)
+    dst = DST + pid_bh.to(tl.int64) * n_pad * D + rows.to(tl.int64)[:, None] * D + dims[None, :]
+    tl.store(dst, x, mask=(rows < n_pad)[:, None])
+
+
+@triton.jit
+def _sampled_rowmax(
+    QS, KS, QD, KD, QPOS, KPOS, RMAX, MAXALL,
+    bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
+    BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr, D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    KB: tl.constexpr = BLOCK_N // SK  # KV blocks per tile
+    n_cols = nkv * SK
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows64 = rows.to(tl.int64)  # scratch offsets outgrow int32 on very long sequences
+    dims = tl.arange(0, D)
+    # gathered, zero-padded, contiguous rows: unmasked loads that pipeline well
+    if TMA:  # QD / KD: tensor descriptors over the same buffers, [chunk * rows_pad, D]
+        qt = QD.load([pid_bh * n_rows_pad + pid_m * BLOCK_M, 0])
+    else:
+        qt = tl.load(QS + pid_bh.to(tl.int64) * n_rows_pad * D + rows[:, None] * D + dims[None, :])
     if DOT_F32:
         qt = qt.to(tl.float32)
-    cidx0 = tl.arange(0, N).to(tl.int64)
-    koff = tl.load(KOFF + h * SK + cidx0 % SK)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    out_base = RMAX + pid_bh.to(tl.int64) * n_rows * nkv
-    m_all = tl.full([M], float("-inf"), tl.float32)
+    k_base = KS + pid_bh.to(tl.int64) * n_cols_pad * D
+    out_base = RMAX + pid_bh.to(tl.int64) * n_rows * ld
     n_tiles = tl.cdiv(nkv, KB)
     if CAUSAL:
-        # KV blocks starting after the program's last query position are invisible
-        last_q = tl.minimum((pid_m * QB + QB) * BQ, lq) - 1
+        h = (bh0 + pid_bh) % hq
+        qpos = tl.load(QPOS + h * n_rows + rows, mask=rows < n_rows, other=-1)
+        # KV blocks starting after the program's last query block are invisible
+        last_row = tl.minimum(pid_m * BLOCK_M + BLOCK_M, n_rows) - 1
+        last_q = tl.minimum((last_row // SQ) * BQ + BQ, lq) - 1
         n_tiles = tl.minimum(n_tiles, (last_q // BKV) // KB + 1)
+    # running max per (row, tile slot): the cross-thread reduce over slots runs once, after the loop
+    m_acc = tl.full([BLOCK_M, KB], float("-inf"), tl.float32)
     for t in range(0, n_tiles):
-        kblk = t * KB + cidx0 // SK
-        kstart = kblk * BKV
-        kpos = kstart + koff % tl.maximum(tl.minimum(lk - kstart, BKV), 1)
-        col_ok = kblk < nkv
-        kt = tl.load(k_base + kpos[:, None] * skl + dims[None, :] * skd, mask=col_ok[:, None], other=0.0)
+        cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
+        if TMA:
+            kt = KD.load([pid_bh * n_cols_pad + t * BLOCK_N, 0])
+        else:
+            kt = tl.load(k_base + cols[:, None] * D + dims[None, :])
         if DOT_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(qt, tl.trans(kt))
-        kvb = t * KB + tl.arange(0, KB).to(tl.int64)
         if CAUSAL:
-            valid = col_ok[None, :] & row_ok[:, None] & (kpos[None, :] <= qpos[:, None])
-            bmax = tl.max(tl.reshape(tl.where(valid, s * qk_scale, float("-inf")), [M, KB, SK]), axis=2)
-        else:
-            # Scaling by qk_scale > 0 commutes with the max (rounding is
-            # monotonic), so scale the M x KB maxima, not the M x N logits.
-            # A KV block's samples are all valid or all not: mask per block.
-            # Rows past the end are never stored and never reach m_all's store.
-            bmax = tl.max(tl.reshape(s, [M, KB, SK]), axis=2) * qk_scale
-            bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))
-        tl.store(out_base + ridx[:, None] * nkv + kvb[None, :], bmax, mask=row_ok[:, None] & (kvb < nkv)[None, :])
-        m_all = tl.maximum(m_all, tl.max(bmax, axis=1))
-    tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + ridx, m_all, mask=row_ok)
+            kpos = tl.load(KPOS + h * n_cols + cols, mask=cols < n_cols, other=2147483647)
+            s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
+        # Scaling by qk_scale > 0 commutes with the max (rounding is monotonic),
+        # so scale the BLOCK_M x KB maxima, not the BLOCK_M x BLOCK_N logits.
+        kvb = t * KB + tl.arange(0, KB)
+        bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * qk_scale
+        bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))  # zero-padded keys past the end
+        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+        m_acc = tl.maximum(m_acc, bmax)
+    tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + rows, tl.max(m_acc, axis=1), mask=rows < n_rows)
 
 
 @triton.jit
 def _block_max(
     RMAX, MAXALL, OUT,
-    bh0, lq, nq, nkv,
+    bh0, lq, nq, nkv, ld,
     BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, BLOCK_J: tl.constexpr, CAUSAL: tl.constexpr,
 ):
     qb = tl.program_id(0)
@@ -139,7 +162,7 @@ def _block_max(
     if CAUSAL:
         # must match _sampled_rowmax's skipped tiles: only blocks starting by the query block's end
         valid = valid & (js * BKV <= tl.minimum(qb * BQ + BQ, lq) - 1)
-    x = tl.load(RMAX + pid_bh.to(tl.int64) * n_rows * nkv + rows[:, None] * nkv + js[None, :], mask=valid[None, :], other=float("-inf"))
+    x = tl.load(RMAX + pid_bh.to(tl.int64) * n_rows * ld + rows[:, None] * ld + js[None, :], mask=valid[None, :], other=float("-inf"))
     m = tl.load(MAXALL + pid_bh.to(tl.int64) * n_rows + rows)
     ok = (x > float("-inf")) & (m > float("-inf"))[:, None]
     e = tl.where(ok, tl.exp2(x - tl.where(ok, m[:, None], 0.0)), 0.0)
@@ -153,6 +176,37 @@ def _normalise_rows(scores: torch.Tensor) -> torch.Tensor:
     return scores.div_(total.clamp_(min=torch.finfo(torch.float32).tiny))
 
 
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) timed on the first call of a shape
+# on CUDA, per head dim. BLOCK_M = 64 with 4 warps lets two programs share an
+# SM, so one's max-reduce epilogue overlaps the other's MMAs; 256-wide tiles
+# halve the Q reloads or the K reloads per FLOP (they spill at d=64, so only
+# d=128 tries them). All compile for sm_90 without spills (tests/test_psa.py).
+# A fifth field 1: load the tiles with TMA (tensor descriptors) instead of
+# pointer loads (no address registers, asynchronous bulk copies); on an H200
+# at 32k and 110k x 40 heads (d=128) TMA 128 x 128 / 8 warps won, 21% ahead
+# of the best pointer-load config (results/reference/scorers_h200.json).
+_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
+GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3, 1)), 64: _COMMON}
+INTERPRETER_CONFIG = (64, 64, 4, 1)
+ROW_PAD = 256  # gathered rows are padded to a multiple of this (>= every BLOCK_M / BLOCK_N)
+
+
+def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = None) -> list[dict[str, int]]:
+    """Candidate launch configs of ``_sampled_rowmax`` (one when ``tile`` pins the tile or off the GPU)."""
+    if tile is not None:
+        raw = [(tile, tile, 8 if tile >= 128 else 4, 3)]
+    elif device.type == "cuda" and not interpreting():
+        raw = list(GPU_CONFIGS.get(dim, _COMMON))
+    else:
+        raw = [INTERPRETER_CONFIG]
+    out = []
+    for bm, bn, warps, stages, *tma in raw:
+        cfg = dict(BLOCK_M=bm, BLOCK_N=max(bn, sk), num_warps=warps, num_stages=stages, TMA=tma[0] if tma else 0)  # whole KV blocks per tile
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
 def psa_importance(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -164,11 +218,15 @@ def psa_importance(
     scale: float | None = None,
     max_scratch_bytes: int = 1 << 30,
     tile: int | None = None,
+    config: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Sampled block importance with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``, rows summing to 1.
 
     ``q_offsets`` ``[Hq, sq]`` / ``k_offsets`` ``[Hq, sk]``: sampled offsets
     within a block (see :func:`sample_offsets`); sq and sk powers of two.
+    ``tile`` pins a square tile (``BLOCK_M = BLOCK_N = tile``) instead of
+    the per-shape autotune (:mod:`spbench.kernels.score_tuning`), ``config``
+    a whole launch config (see :func:`rowmax_configs`).
     """
     bsz, hq, lq, dim = q.shape
     hkv, lk = k.shape[1], k.shape[2]
@@ -179,33 +237,46 @@ def psa_importance(
         if n & (n - 1):
             raise ValueError(f"{name} per block must be a power of two, got {n}")
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
-    # 128 sampled rows x 128 sampled keys per tile on the GPU, 64 x 64 under
-    # the interpreter (never below 16, the tl.dot minimum).
-    tile = tile or (128 if q.is_cuda else 64)
-    qb_per_prog = max(1, tile // sq)
-    kb_per_tile = max(1, tile // sk)
+    n_rows, n_cols = nq * sq, nkv * sk
+    configs = [config] if config is not None else rowmax_configs(q.device, dim, sk, tile)
+    pad = max(ROW_PAD, *(c["BLOCK_N"] for c in configs), *(c["BLOCK_M"] for c in configs))
+    n_rows_pad, n_cols_pad = math.ceil(n_rows / pad) * pad, math.ceil(n_cols / pad) * pad
+    ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
     qk_scale = (dim**-0.5 if scale is None else scale) * LOG2E
-    q_off = q_offsets.to(device=q.device, dtype=torch.int32).contiguous()
-    k_off = k_offsets.to(device=q.device, dtype=torch.int32).contiguous()
+    # absolute sampled positions, int32 [Hq, rows]: the gathers read them, causal masking compares them
+    qpos = sampled_positions(q_offsets.to(q.device), lq, block_q).reshape(hq, n_rows).to(torch.int32)
+    kpos = sampled_positions(k_offsets.to(q.device), lk, block_kv).reshape(hq, n_cols).to(torch.int32)
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
-    n_rows = nq * sq
-    per_head = 4 * n_rows * (nkv + 1)
+    per_head = 4 * n_rows * (ld + 1) + q.element_size() * dim * (n_rows_pad + n_cols_pad)
     chunk = max(1, min(bsz * hq, max_scratch_bytes // per_head))
-    rmax = torch.empty(chunk, n_rows, nkv, dtype=torch.float32, device=q.device)
+    rmax = torch.empty(chunk, n_rows, ld, dtype=torch.float32, device=q.device)
     max_all = torch.empty(chunk, n_rows, dtype=torch.float32, device=q.device)
-    block_j = 64
+    qs = torch.empty(chunk, n_rows_pad, dim, dtype=q.dtype, device=q.device)
+    ks = torch.empty(chunk, n_cols_pad, dim, dtype=k.dtype, device=q.device)
+    dot_f32 = dot_in_fp32(q)
+    key = (str(q.dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length())
+    block_j = 128
     for bh0 in range(0, bsz * hq, chunk):
         n_bh = min(chunk, bsz * hq - bh0)
-        _sampled_rowmax[(triton.cdiv(nq, qb_per_prog), n_bh)](
-            q, k, q_off, k_off, rmax, max_all,
-            *q.stride(), *k.stride(),
-            bh0, hq, hq // hkv, lq, lk, nq, nkv, qk_scale,
-            BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, QB=qb_per_prog, KB=kb_per_tile, D=dim,
-            CAUSAL=causal, DOT_F32=dot_in_fp32(q), num_warps=8 if tile >= 128 else 4,
-        )
+        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64)
+        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64)
+
+        def launch(cfg, bh0=bh0, n_bh=n_bh):
+            qd, kd = qs, ks  # unused placeholders unless TMA
+            if cfg.get("TMA"):
+                qd = TensorDescriptor.from_tensor(qs.view(-1, dim), [cfg["BLOCK_M"], dim])
+                kd = TensorDescriptor.from_tensor(ks.view(-1, dim), [cfg["BLOCK_N"], dim])
+            _sampled_rowmax[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
+                qs, ks, qd, kd, qpos, kpos, rmax, max_all,
+                bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
+                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, **cfg,
+            )
+
+        cfg = configs[0] if len(configs) == 1 else score_tuning.pick("psa_rowmax", key, configs, launch, q.device)
+        launch(cfg)
         _block_max[(nq, triton.cdiv(nkv, block_j), n_bh)](
-            rmax, max_all, out, bh0, lq, nq, nkv,
-            BQ=block_q, BKV=block_kv, SQ=sq, BLOCK_J=block_j, CAUSAL=causal,
+            rmax, max_all, out, bh0, lq, nq, nkv, ld,
+            BQ=block_q, BKV=block_kv, SQ=sq, BLOCK_J=block_j, CAUSAL=causal, num_warps=4,
         )
     return _normalise_rows(out)
 

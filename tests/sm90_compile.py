@@ -32,12 +32,14 @@ out = []
 for cfg in job["configs"]:
     consts = {**cfg["constexprs"], **{name: 1 for name in job["ones"]}}
     signature, attrs = {}, {}
+    pointers = {**job["pointers"], **cfg.get("pointers", {})}  # per-config pointer / descriptor types
     for idx, name in enumerate(fn.arg_names):
         if name in consts:
             signature[name] = "constexpr"
-        elif name in job["pointers"]:
-            signature[name] = job["pointers"][name]
-            attrs[(idx,)] = [["tt.divisibility", 16]]
+        elif name in pointers:
+            signature[name] = pointers[name]
+            if pointers[name].startswith("*"):
+                attrs[(idx,)] = [["tt.divisibility", 16]]
         elif name in job["floats"]:
             signature[name] = "fp32"
         else:
@@ -50,7 +52,7 @@ for cfg in job["configs"]:
     dump = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
     os.unlink(f.name)
     res = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", dump)}
-    res["pipelined"] = "async_copy" in kernel.asm["ttgir"]
+    res["pipelined"] = "async_copy" in kernel.asm["ttgir"] or "async_tma_copy" in kernel.asm["ttgir"]  # cp.async or TMA
     out.append(res)
 print("RESULT " + json.dumps(out))
 """

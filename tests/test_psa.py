@@ -104,18 +104,34 @@ def test_triton_gpu_tile_sizes():
 def test_kernel_compiles_for_h100_without_spills():
     from sm90_compile import sm90_resources
 
+    from spbench.kernels.psa_score import GPU_CONFIGS
+
     configs = []
-    for d, bq, bk in ((128, 128, 64), (64, 64, 32)):  # the GPU's 128 x 128 tiles, 8 warps
+    for d, bq, bk, causal in ((128, 128, 64, False), (128, 128, 64, True), (64, 64, 32, True)):
         sq, sk = bq // 4, bk // 4
-        consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, QB=128 // sq, KB=128 // sk, D=d, CAUSAL=True, DOT_F32=False)
-        configs.append({"constexprs": consts, "options": {"num_warps": 8}})
+        for bm, bn, warps, stages, *tma in GPU_CONFIGS[d]:  # every candidate the GPU autotune may pick
+            bn = max(bn, sk)
+            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0)
+            descs = {"QD": f"tensordesc<bf16[{bm}, {d}]>", "KD": f"tensordesc<bf16[{bn}, {d}]>"} if tma else {"QD": "*bf16", "KD": "*bf16"}
+            configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
     results = sm90_resources(
         "spbench.kernels.psa_score", "_sampled_rowmax", configs,
-        {"Q": "*bf16", "K": "*bf16", "QOFF": "*i32", "KOFF": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32"},
-        div16=("sqb", "sqh", "sql", "skb", "skh", "skl"), ones=("sqd", "skd"), floats=("qk_scale",),
+        {"QS": "*bf16", "KS": "*bf16", "QPOS": "*i32", "KPOS": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32"},
+        div16=("n_rows", "n_rows_pad", "n_cols_pad", "ld"), floats=("qk_scale",),
     )
-    for res in results:
-        assert res["STACK"] == 0 and res["pipelined"], res
+    for cfg, res in zip(configs, results):
+        assert res["STACK"] == 0 and res["pipelined"], (cfg, res)
+
+
+@pytest.mark.parametrize("cfg", [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1, TMA=tma[0] if tma else 0) for bm, bn, w, _, *tma in
+                                 __import__("spbench.kernels.psa_score", fromlist=["GPU_CONFIGS"]).GPU_CONFIGS[128]])
+def test_triton_every_gpu_config(cfg):
+    # every autotune candidate computes the same scores (interpreter, causal + GQA + ragged tail)
+    q, k = torch.randn(1, 2, 700, 64), torch.randn(1, 1, 700, 64)
+    q_off, k_off = sample_offsets(2, 128, 32, 4, 1), sample_offsets(2, 64, 16, 4, 2)
+    for causal in (True, False):
+        got = psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg)
+        torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 64, causal), atol=1e-5, rtol=0)
 
 
 def test_plan_with_triton_scorer_equals_torch_scorer():
