@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-FORCED_KEY = 0x7F800000  # bits of +inf: above every finite non-negative score
-TOP = 0x7F800001  # bisection upper end: no key reaches it
+FORCED_KEY = tl.constexpr(0x7F800000)  # bits of +inf: above every finite non-negative score
+TOP = tl.constexpr(0x7F800001)  # bisection upper end: no key reaches it
 
 
 @triton.jit
