@@ -87,6 +87,7 @@ def rank_blocks(
     ranked: bool = True,
     all_visible: bool = False,
     any_forced: bool = True,
+    stable: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sort each row: forced blocks first, then visible blocks by descending score, invisible last.
 
@@ -96,7 +97,8 @@ def rank_blocks(
     zeroed (so cumulative sums are shares of the visible mass); ``ranked``
     is None when not asked for (the count-based rules need only the order).
     ``all_visible`` / ``any_forced`` (host flags from :func:`layout`) skip
-    the mask passes that would not change anything.
+    the mask passes that would not change anything. ``stable``: equal
+    scores keep KV-index order (the tie rule of :mod:`spbench.kernels.rank_levels`).
     """
     masked = scores.float()
     if not all_visible:
@@ -106,7 +108,7 @@ def rank_blocks(
         key = masked
     if any_forced:
         key = key.masked_fill(forced, float("inf"))
-    order = torch.sort(key, dim=-1, descending=True).indices
+    order = torch.sort(key, dim=-1, descending=True, stable=stable).indices
     return order, (torch.gather(masked, -1, order) if ranked else None)
 
 

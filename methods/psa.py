@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from spbench.errors import SpbenchError
 from spbench.kernels.antidiag import check_blocks
 from spbench.kernels.psa_score import psa_importance, psa_importance_reference, sample_offsets
+from spbench.kernels.rank_levels import rank_levels
 from spbench.method import Knob
 from spbench.methods import _select as sel
 from spbench.methods._planned import EXECUTOR_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, check_power_of_two, use_triton
@@ -234,8 +235,8 @@ class PSA(PlannedMethod):
             return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20)
         return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
 
-    def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
-        """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of each row's area.
+    def _fraction_bounds(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor) -> torch.Tensor:
+        """Cumulative rank bounds ``[NQ, 4]`` (n1 <= n2 <= n4 <= n8) from per-level fractions of each row's area.
 
         ``rows`` = (units, deficit) from ``_select.area_units``: the bound of
         level p is ``c_p * units + deficit`` blocks (forced blocks, partly
@@ -249,7 +250,7 @@ class PSA(PlannedMethod):
             target = n_visible.double() if c >= 1.0 else c * units + deficit
             floor = torch.maximum(sel.diffuse_round(target), floor)
             bounds.append(torch.minimum(floor, n_visible))
-        return sel.level_from_rank(sel.rank_positions(nkv, n_visible.device), bounds)
+        return torch.stack(bounds, dim=-1)
 
     def _rank_levels_by_threshold(self, ranked: torch.Tensor, n_visible: torch.Tensor, n_forced: torch.Tensor) -> torch.Tensor:
         """Rank-order levels ``[B, H, NQ, NKV]`` from cumulative-share intervals."""
@@ -267,20 +268,26 @@ class PSA(PlannedMethod):
         understanding = self.params["variant"] == "understanding"
         lay = sel.layout(lq, lk, bq, bkv, causal, understanding or causal, understanding, q.device)
         by_fraction = self.budget is not None or self.params["mode"] == "topk"
-        order, ranked = sel.rank_blocks(self.importance(q, k), lay.visible, lay.forced, not by_fraction, lay.all_visible, lay.any_forced)
-        if by_fraction:
-            ranked_levels = self._fraction_levels(lq, lk, lay, q.device)
+        scores = self.importance(q, k)
+        if by_fraction and use_triton(self.params["scorer"], q.device):
+            # count rule: per-row thresholds at the rank bounds, no sort / unsort (kernels/rank_levels.py)
+            levels = rank_levels(scores, lay.visible, lay.forced, self._fraction_bounds_cached(lq, lk, lay, q.device), lay.all_visible)
+        elif by_fraction:  # same rule and tie order (lower KV index first) through a stable sort
+            order, _ = sel.rank_blocks(scores, lay.visible, lay.forced, False, lay.all_visible, lay.any_forced, stable=True)
+            bounds = self._fraction_bounds_cached(lq, lk, lay, q.device)
+            ranked_levels = sel.level_from_rank(sel.rank_positions(lay.visible.shape[-1], q.device), list(bounds.unbind(-1)))
+            levels = sel.unsort(ranked_levels, order)
         else:
-            ranked_levels = self._rank_levels_by_threshold(ranked, lay.n_visible, lay.n_forced)
-        levels = sel.unsort(ranked_levels, order)
+            order, ranked = sel.rank_blocks(scores, lay.visible, lay.forced, True, lay.all_visible, lay.any_forced)
+            levels = sel.unsort(self._rank_levels_by_threshold(ranked, lay.n_visible, lay.n_forced), order)
         if self.params["sim_cap"]:
             cap = similarity_cap(adjacent_key_similarity(k, bkv), self.sim_thresholds)  # [B, Hkv, NKV]
             cap = cap.repeat_interleave(q.shape[1] // k.shape[1], dim=1)[:, :, None, :]
             levels = torch.minimum(levels, cap)  # level 0 (skipped) stays 0
         return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())
 
-    def _fraction_levels(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
-        """Rank-order levels ``[NQ, NKV]`` of the budget / topk rules (positions only: cached per shape)."""
+    def _fraction_bounds_cached(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
+        """Rank bounds ``[NQ, 4]`` of the budget / topk rules (positions only: cached per shape)."""
         bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
         key = (lq, lk, bq, bkv, causal, self.budget, self.params["variant"], str(device))
         cached = self._level_cache.get(key)
@@ -292,6 +299,6 @@ class PSA(PlannedMethod):
         else:  # fractions of the row's visible block count, as released
             cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
             rows = (lay.n_visible.double(), torch.zeros_like(lay.n_visible, dtype=torch.float64))
-        levels = self._rank_levels_by_fractions(cumulative, rows, lay.n_visible, lay.n_forced, lay.visible.shape[-1])
-        self._level_cache[key] = levels
-        return levels
+        bounds = self._fraction_bounds(cumulative, rows, lay.n_visible, lay.n_forced)
+        self._level_cache[key] = bounds
+        return bounds

@@ -91,6 +91,11 @@ def _compact_active(levels: torch.Tensor, active: torch.Tensor, width: int) -> t
     return indices[..., :width].contiguous(), picked[..., :width].contiguous()
 
 
+def _row_kernels(levels: torch.Tensor) -> bool:
+    """Use the Triton row kernels of ``Plan.from_levels`` (CUDA int8 maps; tests switch it on in the interpreter)."""
+    return levels.is_cuda and levels.dtype == torch.int8 and levels.is_contiguous()
+
+
 def _bad_levels(levels: torch.Tensor) -> torch.Tensor:
     """Device bool: some entry is not in {0, 1, 2, 4, 8} (x & (x - 1) == 0 holds for 0 and powers of two)."""
     lv = levels.to(torch.int16)
@@ -187,18 +192,25 @@ class Plan:
         if levels.dim() != 4 or tuple(levels.shape[-2:]) != expect:
             raise ValueError(f"levels must have shape [B, H, {expect[0]}, {expect[1]}], got {tuple(levels.shape)}")
         areas, total = area_table(q_len, kv_len, block_q, block_kv, causal, str(levels.device))
-        active = levels > 0
-        counts = active.sum(-1, dtype=torch.int32)
+        fast = _row_kernels(levels)
+        if fast:  # two row-wise Triton passes instead of ~20 full-map torch ops (kernels/plan_csr.py)
+            from spbench.kernels import plan_csr  # noqa: PLC0415 - imports triton
+
+            counts, area8_rows, bad_rows = plan_csr.row_stats(levels, areas)
+            wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), bad_rows.sum(), area8_rows.sum()]
+        else:
+            active = levels > 0
+            counts = active.sum(-1, dtype=torch.int32)
+            wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), _bad_levels(levels), planned_area8(levels, areas)]
         # Everything the host needs, read in one sync: the widest row, the
         # validity check, the planned area (exact int64) and any deferred stats.
-        wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), _bad_levels(levels), planned_area8(levels, areas)]
         names = list(deferred or {})
         wanted += [deferred[n] for n in names]
         values = torch.stack([t.reshape(()).to(torch.float64) for t in wanted]).tolist()
         if values[1]:
             raise ValueError("levels must be in {0, 1, 2, 4, 8}")
         width = max(int(values[0]), 1)
-        indices, lv = _compact_active(levels, active, width)
+        indices, lv = plan_csr.compact_rows(levels, width) if fast else _compact_active(levels, active, width)
         stats = dict(stats or {})
         stats.update(zip(names, values[3:]))
         # Same value as compute_density: an exact rational, correctly rounded.
