@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - exercised only without triton
 if triton is not None:
 
     @triton.jit
-    def _pool_rows(base, stride_l, stride_d, start, L, dims, dmask, BLOCK: tl.constexpr, CHUNK: tl.constexpr, WITH_MAD: tl.constexpr):
+    def _pool_rows(base, stride_l, stride_d, start, L, dims, dmask, BLOCK: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WITH_MAD: tl.constexpr):
         """(mean, mad) over rows [start, start + BLOCK) of one [L, D] slice, fp32."""
         count = tl.minimum(L - start, BLOCK).to(tl.float32)
         if CHUNK == BLOCK:  # the whole block in registers: one read for both statistics
@@ -45,7 +45,7 @@ if triton is not None:
             if WITH_MAD:
                 mad = tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0) / count
         else:  # two passes over chunks (the second one hits L2)
-            acc = tl.zeros([dims.shape[0]], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
             for r0 in range(0, BLOCK, CHUNK):
                 rows = start + r0 + tl.arange(0, CHUNK)
                 mask = (rows < L)[:, None] & dmask[None, :]
@@ -53,7 +53,7 @@ if triton is not None:
             mean = acc / count
             mad = mean
             if WITH_MAD:
-                dev = tl.zeros([dims.shape[0]], dtype=tl.float32)
+                dev = tl.zeros([BLOCK_D], dtype=tl.float32)
                 for r0 in range(0, BLOCK, CHUNK):
                     rows = start + r0 + tl.arange(0, CHUNK)
                     mask = (rows < L)[:, None] & dmask[None, :]
@@ -80,7 +80,7 @@ if triton is not None:
                 b = pid_bh // HQ
                 h = pid_bh % HQ
                 dmask = dims < D
-                mean, mad = _pool_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sql, sqd, start, LQ, dims, dmask, BLOCK, CHUNK, True)
+                mean, mad = _pool_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sql, sqd, start, LQ, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
                 out = QS + (pid_bh.to(tl.int64) * NQ + pid_n) * D + dims
                 tl.store(out, mean, mask=dmask)
                 tl.store(out + q_plane, mad, mask=dmask)
@@ -90,7 +90,7 @@ if triton is not None:
                 b = pid_bh // HKV
                 h = pid_bh % HKV
                 dmask = dims < D
-                mean, mad = _pool_rows(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, skl, skd, start, LK, dims, dmask, BLOCK, CHUNK, True)
+                mean, mad = _pool_rows(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, skl, skd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
                 out = KS + (pid_bh.to(tl.int64) * NK + pid_n) * D + dims
                 tl.store(out, mean, mask=dmask)
                 tl.store(out + k_plane, mean, mask=dmask)
@@ -100,7 +100,7 @@ if triton is not None:
                 b = pid_bh // HKV
                 h = pid_bh % HKV
                 dmask = dims < DV
-                mean, _ = _pool_rows(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, svl, svd, start, LK, dims, dmask, BLOCK, CHUNK, False)
+                mean, _ = _pool_rows(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, svl, svd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, False)
                 tl.store(VM + (pid_bh.to(tl.int64) * NK + pid_n) * DV + dims, mean, mask=dmask)
 
     @triton.jit
