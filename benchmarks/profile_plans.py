@@ -93,6 +93,9 @@ def _attr(evt, *names) -> float:
     return 0.0
 
 
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemcpyAsync", "cudaMemsetAsync")
+
+
 def profile_once(fn, device: str, top: int) -> dict:
     """Top CUDA kernels (self device time) and CPU ops (self CPU time) of one ``fn()`` call, in ms."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -118,7 +121,11 @@ def profile_once(fn, device: str, top: int) -> dict:
     return {
         "device_total_ms": sum(r["self_device_ms"] for r in rows),
         "cpu_total_ms": sum(r["self_cpu_ms"] for r in rows),
+        # rows with device time include the aten:: op *and* its kernel, so this counts most launches twice;
+        # kept for comparison with earlier records. device_kernels / launch_calls count each launch once.
         "kernel_launches": sum(r["count"] for r in rows if r["self_device_ms"] > 0),
+        "device_kernels": sum(r["count"] for r in rows if r["self_device_ms"] > 0 and not r["name"].startswith("aten::")),
+        "launch_calls": sum(r["count"] for r in rows if r["name"] in LAUNCH_CALLS),
         "top_kernels": kernels,
         "top_cpu_ops": cpu,
     }
@@ -178,7 +185,8 @@ def main() -> None:
                 if bi == 0 and not args.no_profile:
                     prof = profile_once(lambda m=m: m.plan(q, k, v), args.device, args.top)
                     report["profiles"].append(dict(method=label, seq=seq, budget=budget, **prof))
-                    print(f"   profile: device {prof['device_total_ms']:.2f} ms in {prof['kernel_launches']} kernels, cpu {prof['cpu_total_ms']:.2f} ms")
+                    print(f"   profile: device {prof['device_total_ms']:.2f} ms in {prof['kernel_launches']} kernels "
+                          f"({prof['device_kernels']} device kernels, {prof['launch_calls']} launch/copy calls), cpu {prof['cpu_total_ms']:.2f} ms")
                     for r in prof["top_kernels"][:8]:
                         print(f"     k {r['self_device_ms']:8.3f} ms x{r['count']:<4d} {r['name'][:90]}")
                     for r in prof["top_cpu_ops"][:5]:

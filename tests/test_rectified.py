@@ -127,10 +127,11 @@ def direct_rectified(q, k, v, block, p, keep, causal=False, text=0, grid=None):
     ],
     ids=["default", "p-rule", "text-ragged", "text-aligned", "causal", "grid", "grid+text"],
 )
-def test_matches_direct_formula(case):
+@pytest.mark.parametrize("executor", ["torch", "triton"])  # triton: the fused planner (kernels/rect_plan.py) where text_len == 0
+def test_matches_direct_formula(case, executor):
     block, length = 32, 264 + case.get("text", 0)
     q, k, v = make_qkv("video", 1, 2, 1, length, 32, seed=3)
-    knobs = dict(block=block, executor="torch", p=case.get("p", 0.3), drop_rate=case.get("drop_rate", 0.8))
+    knobs = dict(block=block, executor=executor, p=case.get("p", 0.3), drop_rate=case.get("drop_rate", 0.8))
     knobs.update(causal=case.get("causal", False), text_len=case.get("text", 0))
     if "grid" in case:
         knobs["grid"] = "x".join(map(str, case["grid"]))
@@ -146,15 +147,51 @@ def test_matches_direct_formula(case):
 
 
 @pytest.mark.parametrize("knobs", [dict(p=1.0), dict(drop_rate=0.0), dict(p=1.0, causal=True), dict(drop_rate=0.0, causal=True, block=64)])
-def test_keep_everything_is_dense(knobs):
+@pytest.mark.parametrize("executor", ["torch", "triton"])
+def test_keep_everything_is_dense(knobs, executor):
     q, k, v = make_qkv("random", 2, 4, 1, 200, 32, seed=1)
-    m = Rectified(**{"block": 32, "executor": "torch", **knobs})
+    m = Rectified(**{"block": 32, "executor": executor, **knobs})
     plan = m.plan(q, k, v)
     assert plan.density == pytest.approx(1.0)
     assert torch.allclose(plan.extras["row_scale"], torch.ones(()))
     assert torch.all(plan.extras["compensation"] == 0)
     want = exact_attention(q, k, v, causal=m.causal)
     assert torch.allclose(m.run(q, k, v, plan), want, atol=1e-5)
+
+
+# ---------------------------------------------------------------- fused planner
+@pytest.mark.parametrize(
+    "knobs,shape,kind",
+    [
+        (dict(block=32), (1, 2, 1, 264, 32), "video"),
+        (dict(block=32, p=0.6, drop_rate=0.9), (1, 2, 1, 264, 32), "video"),
+        (dict(block=32, causal=True), (1, 2, 1, 264, 32), "video"),
+        (dict(block=32, grid="3x8x11"), (1, 2, 1, 264, 32), "video"),
+        (dict(block=64), (2, 4, 2, 300, 48), "random"),  # GQA, ragged tail, batch 2
+        (dict(block=16, causal=True), (1, 4, 1, 200, 16), "random"),
+        (dict(block=32, budget=0.1), (1, 2, 2, 1000, 64), "video"),
+        (dict(block=128, causal=True, budget=0.2), (1, 2, 1, 1100, 128), "video"),
+        (dict(block=256, budget=0.05), (1, 2, 1, 700, 64), "video"),  # two-pass pooling chunks
+    ],
+    ids=["default", "p-rule", "causal", "grid", "gqa-ragged", "b16-causal", "budget", "b128-causal-budget", "b256"],
+)
+def test_fused_planner_matches_torch_planner(knobs, shape, kind):
+    """The fused Triton planner gives the torch planner's plan: same CSR, same epilogue terms, same stats."""
+    bsz, hq, hkv, length, dim = shape
+    q, k, v = make_qkv(kind, bsz, hq, hkv, length, dim, seed=3)
+    ref_m = spbench.get_method("rectified", executor="torch", **knobs)
+    fused_m = spbench.get_method("rectified", executor="triton", **knobs)
+    assert fused_m._fused(q.device) and not ref_m._fused(q.device)
+    want, got = ref_m.plan(q, k, v), fused_m.plan(q, k, v)
+    assert torch.equal(got.kv_num_blocks, want.kv_num_blocks)
+    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_levels, want.kv_levels)
+    assert got.density == want.density
+    assert torch.allclose(got.extras["row_scale"], want.extras["row_scale"], atol=1e-6)
+    assert torch.allclose(got.extras["compensation"], want.extras["compensation"], atol=1e-6)
+    for name in ("critical_fraction", "compensated_fraction", "dropped_fraction", "keep_fraction", "p", "compensation_flop_ratio"):
+        assert got.stats[name] == pytest.approx(want.stats[name], abs=1e-12), name
+    assert got.stats["mean_row_scale"] == pytest.approx(want.stats["mean_row_scale"], abs=1e-6)
+    assert 0 < got.stats["compensated_fraction"] and got.stats["critical_fraction"] < 0.9  # not vacuous
 
 
 @pytest.mark.parametrize("causal", [False, True])
