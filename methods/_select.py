@@ -98,7 +98,7 @@ def rank_blocks(
     is None when not asked for (the count-based rules need only the order).
     ``all_visible`` / ``any_forced`` (host flags from :func:`layout`) skip
     the mask passes that would not change anything. ``stable``: equal
-    scores keep KV-index order (the tie rule of :mod:`spbench.kernels.rank_levels`).
+    scores keep KV-index order (psa's budget / topk rule: a deterministic tie order).
     """
     masked = scores.float()
     if not all_visible:

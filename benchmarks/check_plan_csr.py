@@ -1,11 +1,11 @@
-"""GPU check: psa's sort-free levels and the Triton Plan.from_levels equal the torch paths on real shapes.
+"""GPU check: Plan.from_levels through the Triton row kernels equals the torch path on real psa plans.
 
-    python3 benchmarks/check_rank_levels.py --seq 32k,110k --heads 40
+    python3 benchmarks/check_plan_csr.py --seq 32k,110k --heads 40
 
-For each length: the importance of the video workload (the Triton scorer),
-then levels from ``kernels/rank_levels.py`` vs the stable sort + unsort,
-and ``Plan.from_levels`` through the row kernels vs the torch ops; prints
-OK / MISMATCH per check (exit status 1 on any mismatch).
+For each length and budget: a psa plan of the video workload (its CSR built
+by ``kernels/plan_csr.py``), then ``Plan.from_levels`` of the same levels
+through the torch ops; prints OK / MISMATCH for the CSR and the density
+(exit status 1 on any mismatch).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import sys
 import torch
 
 from spbench import plan as plan_mod
-from spbench.methods import _select as sel
 from spbench.methods.psa import PSA
 from spbench.plan import Plan
 from spbench.parsing import parse_seq
@@ -34,15 +33,8 @@ def main() -> int:
     for seq in (parse_seq(t) for t in args.seq.split(",")):
         q, k, v = make_qkv("video", 1, args.heads, args.heads, seq, 128, dtype=torch.bfloat16, device=args.device)
         for budget in map(float, args.budgets.split(",")):
-            m = PSA(budget=budget)
-            scores = m.importance(q, k)
-            lay = sel.layout(seq, seq, 128, 64, False, False, False, q.device)
-            fast = m.plan(q, k, v)
-            order, _ = sel.rank_blocks(scores, lay.visible, lay.forced, False, lay.all_visible, lay.any_forced, stable=True)
-            bounds = m._fraction_bounds_cached(seq, seq, lay, q.device)
-            ranked = sel.level_from_rank(sel.rank_positions(lay.visible.shape[-1], q.device), list(bounds.unbind(-1)))
-            want = sel.unsort(ranked, order)
-            same_levels = torch.equal(fast.to_levels(), want)
+            fast = PSA(budget=budget).plan(q, k, v)
+            want = fast.to_levels()
             saved = plan_mod._row_kernels
             plan_mod._row_kernels = lambda t: False
             try:
@@ -51,10 +43,10 @@ def main() -> int:
                 plan_mod._row_kernels = saved
             same_csr = all(torch.equal(a, b) for a, b in ((fast.kv_num_blocks, slow.kv_num_blocks), (fast.kv_indices, slow.kv_indices), (fast.kv_levels, slow.kv_levels)))
             same_density = fast.density == slow.density
-            good = same_levels and same_csr and same_density
+            good = same_csr and same_density
             ok &= good
-            print(f"seq={seq} heads={args.heads} budget={budget}: levels {'OK' if same_levels else 'MISMATCH'}, csr {'OK' if same_csr else 'MISMATCH'}, density {fast.density:.6f} vs {slow.density:.6f} {'OK' if same_density else 'MISMATCH'}")
-            del scores, order, want, fast, slow
+            print(f"seq={seq} heads={args.heads} budget={budget}: csr {'OK' if same_csr else 'MISMATCH'}, density {fast.density:.6f} vs {slow.density:.6f} {'OK' if same_density else 'MISMATCH'}")
+            del want, fast, slow
             torch.cuda.empty_cache() if q.is_cuda else None
     return 0 if ok else 1
 
