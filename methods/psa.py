@@ -234,8 +234,8 @@ class PSA(PlannedMethod):
             return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20)
         return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
 
-    def _fraction_bounds(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor) -> torch.Tensor:
-        """Cumulative rank bounds ``[NQ, 4]`` (n1 <= n2 <= n4 <= n8) from per-level fractions of each row's area.
+    def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
+        """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of each row's area.
 
         ``rows`` = (units, deficit) from ``_select.area_units``: the bound of
         level p is ``c_p * units + deficit`` blocks (forced blocks, partly
@@ -249,7 +249,7 @@ class PSA(PlannedMethod):
             target = n_visible.double() if c >= 1.0 else c * units + deficit
             floor = torch.maximum(sel.diffuse_round(target), floor)
             bounds.append(torch.minimum(floor, n_visible))
-        return torch.stack(bounds, dim=-1)
+        return sel.level_from_rank(sel.rank_positions(nkv, n_visible.device), bounds)
 
     def _rank_levels_by_threshold(self, ranked: torch.Tensor, n_visible: torch.Tensor, n_forced: torch.Tensor) -> torch.Tensor:
         """Rank-order levels ``[B, H, NQ, NKV]`` from cumulative-share intervals."""
@@ -267,15 +267,14 @@ class PSA(PlannedMethod):
         understanding = self.params["variant"] == "understanding"
         lay = sel.layout(lq, lk, bq, bkv, causal, understanding or causal, understanding, q.device)
         by_fraction = self.budget is not None or self.params["mode"] == "topk"
-        scores = self.importance(q, k)
-        if by_fraction:  # count rule; ties go to the lower KV index (stable sort)
-            # A sort-free Triton variant (per-row bisection for the rank thresholds) was tried and
-            # measured 1.3 s per plan at 110k x 40 heads on an H200 (3 ms at 32k): the sort stays.
-            order, _ = sel.rank_blocks(scores, lay.visible, lay.forced, False, lay.all_visible, lay.any_forced, stable=True)
-            levels = sel.unsort(self._fraction_levels(lq, lk, lay, q.device), order)
+        # The count rules break ties by lower KV index (a stable sort). A sort-free
+        # Triton variant was tried and measured 1.3 s per plan at 110k x 40 heads on an H200.
+        order, ranked = sel.rank_blocks(self.importance(q, k), lay.visible, lay.forced, not by_fraction, lay.all_visible, lay.any_forced, stable=by_fraction)
+        if by_fraction:
+            ranked_levels = self._fraction_levels(lq, lk, lay, q.device)
         else:
-            order, ranked = sel.rank_blocks(scores, lay.visible, lay.forced, True, lay.all_visible, lay.any_forced)
-            levels = sel.unsort(self._rank_levels_by_threshold(ranked, lay.n_visible, lay.n_forced), order)
+            ranked_levels = self._rank_levels_by_threshold(ranked, lay.n_visible, lay.n_forced)
+        levels = sel.unsort(ranked_levels, order)
         if self.params["sim_cap"]:
             cap = similarity_cap(adjacent_key_similarity(k, bkv), self.sim_thresholds)  # [B, Hkv, NKV]
             cap = cap.repeat_interleave(q.shape[1] // k.shape[1], dim=1)[:, :, None, :]
@@ -284,16 +283,6 @@ class PSA(PlannedMethod):
 
     def _fraction_levels(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
         """Rank-order levels ``[NQ, NKV]`` of the budget / topk rules (positions only: cached per shape)."""
-        key = ("ranked", lq, lk, self.params["block_q"], self.params["block_kv"], self.causal, self.budget, self.params["variant"], str(device))
-        cached = self._level_cache.get(key)
-        if cached is None:
-            bounds = self._fraction_bounds_cached(lq, lk, lay, device)
-            cached = sel.level_from_rank(sel.rank_positions(lay.visible.shape[-1], device), list(bounds.unbind(-1)))
-            self._level_cache[key] = cached
-        return cached
-
-    def _fraction_bounds_cached(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
-        """Rank bounds ``[NQ, 4]`` of the budget / topk rules (positions only: cached per shape)."""
         bq, bkv, causal = self.params["block_q"], self.params["block_kv"], self.causal
         key = (lq, lk, bq, bkv, causal, self.budget, self.params["variant"], str(device))
         cached = self._level_cache.get(key)
@@ -305,6 +294,6 @@ class PSA(PlannedMethod):
         else:  # fractions of the row's visible block count, as released
             cumulative = tuple(sum(self.fractions[: i + 1]) for i in range(4))
             rows = (lay.n_visible.double(), torch.zeros_like(lay.n_visible, dtype=torch.float64))
-        bounds = self._fraction_bounds(cumulative, rows, lay.n_visible, lay.n_forced)
-        self._level_cache[key] = bounds
-        return bounds
+        levels = self._rank_levels_by_fractions(cumulative, rows, lay.n_visible, lay.n_forced, lay.visible.shape[-1])
+        self._level_cache[key] = levels
+        return levels
