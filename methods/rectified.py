@@ -73,7 +73,7 @@ from spbench.kernels.executor import execute
 from spbench.kernels.reference import attention_flops
 from spbench.method import Knob, Method
 from spbench.parsing import parse_grid
-from spbench.plan import Plan, area_table, block_areas, num_blocks
+from spbench.plan import Plan, area_table, block_areas, density_from_area8, num_blocks
 
 EXECUTORS = ("auto", "triton", "torch")
 
@@ -363,8 +363,7 @@ class Rectified(Method):
             "mean_row_scale": scale_sum / (bsz * hq * nq),
         }
         stats["dropped_fraction"] = max(0.0, 1.0 - stats["critical_fraction"] - stats["compensated_fraction"])
-        pairs = total * bsz * hq
-        density = area8 / (8 * pairs) if pairs > 0 else 0.0  # as Plan.from_levels: exact integers
+        density = density_from_area8(int(area8), total, bsz * hq)
         if width < nk:  # cut the CSR rows to the widest one (from_levels' layout)
             indices, levels = indices[..., :width].contiguous(), levels[..., :width].contiguous()
         extras = {"row_scale": row_scale, "compensation": compensation}

@@ -91,6 +91,15 @@ def _compact_active(levels: torch.Tensor, active: torch.Tensor, width: int) -> t
     return indices[..., :width].contiguous(), picked[..., :width].contiguous()
 
 
+def density_from_area8(area8: int, total: int, heads: int) -> float:
+    """Density from the exact planned area x 8 (sum of area * 8 / level) over ``heads`` (batch x heads) maps of ``total`` visible pairs.
+
+    Same value as :meth:`Plan.compute_density`: an exact rational, correctly rounded.
+    """
+    pairs = total * heads
+    return area8 / (8 * pairs) if pairs > 0 else 0.0
+
+
 def _row_kernels(levels: torch.Tensor) -> bool:
     """Use the Triton row kernels of ``Plan.from_levels`` (CUDA int8 maps; tests switch it on in the interpreter)."""
     return levels.is_cuda and levels.dtype == torch.int8 and levels.is_contiguous()
@@ -197,15 +206,16 @@ class Plan:
             from spbench.kernels import plan_csr  # noqa: PLC0415 - imports triton
 
             counts, area8_rows, bad_rows = plan_csr.row_stats(levels, areas)
-            wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), bad_rows.sum(), area8_rows.sum()]
+            bad, area8 = bad_rows.sum(), area8_rows.sum()
         else:
             active = levels > 0
             counts = active.sum(-1, dtype=torch.int32)
-            wanted = [counts.max() if counts.numel() else torch.zeros((), device=levels.device), _bad_levels(levels), planned_area8(levels, areas)]
+            bad, area8 = _bad_levels(levels), planned_area8(levels, areas)
         # Everything the host needs, read in one sync: the widest row, the
         # validity check, the planned area (exact int64) and any deferred stats.
+        widest = counts.max() if counts.numel() else torch.zeros((), device=levels.device)
         names = list(deferred or {})
-        wanted += [deferred[n] for n in names]
+        wanted = [widest, bad, area8] + [deferred[n] for n in names]
         values = torch.stack([t.reshape(()).to(torch.float64) for t in wanted]).tolist()
         if values[1]:
             raise ValueError("levels must be in {0, 1, 2, 4, 8}")
@@ -213,9 +223,7 @@ class Plan:
         indices, lv = plan_csr.compact_rows(levels, width) if fast else _compact_active(levels, active, width)
         stats = dict(stats or {})
         stats.update(zip(names, values[3:]))
-        # Same value as compute_density: an exact rational, correctly rounded.
-        pairs = total * math.prod(levels.shape[:-2])
-        density = int(values[2]) / (8 * pairs) if pairs > 0 else 0.0
+        density = density_from_area8(int(values[2]), total, math.prod(levels.shape[:-2]))
         return cls(q_len, kv_len, block_q, block_kv, causal, counts, indices, lv, dict(extras or {}), density, stats)
 
     def to_levels(self) -> torch.Tensor:
