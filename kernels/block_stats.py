@@ -49,7 +49,46 @@ def block_stats_reference(x: torch.Tensor, block: int, with_mad: bool = True):
     return mean, mad, counts
 
 
+def chunk_rows(block: int, block_d: int) -> int:
+    """Rows :func:`pool_rows` reads at a time: the whole block when it fits in 128 x 128 registers
+    (and is a power of two), else 32-row chunks (two passes, the second hitting L2)."""
+    chunk = block if block * block_d <= 128 * 128 and block & (block - 1) == 0 else min(block, 32)
+    if block % chunk:
+        raise ValueError(f"block ({block}) must be a multiple of {chunk}")
+    return chunk
+
+
 if triton is not None:
+
+    @triton.jit
+    def pool_rows(base, stride_l, stride_d, start, L, dims, dmask, BLOCK: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WITH_MAD: tl.constexpr):
+        """(mean, mad) fp32 over rows [start, start + BLOCK) of one [L, D] slice (mad = mean without WITH_MAD)."""
+        count = tl.minimum(L - start, BLOCK).to(tl.float32)
+        if CHUNK == BLOCK:  # the whole block in registers: one read, both statistics from it
+            rows = start + tl.arange(0, CHUNK)
+            mask = (rows < L)[:, None] & dmask[None, :]
+            x = tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.sum(x, axis=0) / count
+            mad = mean
+            if WITH_MAD:
+                mad = tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0) / count
+        else:  # two passes over chunks (the second one hits L2)
+            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for r0 in range(0, BLOCK, CHUNK):
+                rows = start + r0 + tl.arange(0, CHUNK)
+                mask = (rows < L)[:, None] & dmask[None, :]
+                acc += tl.sum(tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32), axis=0)
+            mean = acc / count
+            mad = mean
+            if WITH_MAD:
+                dev = tl.zeros([BLOCK_D], dtype=tl.float32)
+                for r0 in range(0, BLOCK, CHUNK):
+                    rows = start + r0 + tl.arange(0, CHUNK)
+                    mask = (rows < L)[:, None] & dmask[None, :]
+                    x = tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
+                    dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
+                mad = dev / count
+        return mean, mad
 
     @triton.jit
     def _block_stats_kernel(
@@ -62,42 +101,13 @@ if triton is not None:
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
-        base = X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
         dims = tl.arange(0, BLOCK_D)
         dmask = dims < D
-        start = pid_n * BLOCK
-        count = tl.minimum(L - start, BLOCK).to(tl.float32)
-        if CHUNK == BLOCK:
-            # the whole block in registers: one read, both statistics from it
-            rows = start + tl.arange(0, CHUNK)
-            mask = (rows < L)[:, None] & dmask[None, :]
-            ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
-            x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-            mean = tl.sum(x, axis=0) / count
-            out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
-            tl.store(MEAN + out, mean, mask=dmask)
-            if WITH_MAD:
-                dev = tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
-                tl.store(MAD + out, dev / count, mask=dmask)
-        else:
-            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r0 in range(0, BLOCK, CHUNK):
-                rows = start + r0 + tl.arange(0, CHUNK)
-                mask = (rows < L)[:, None] & dmask[None, :]
-                ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
-                acc += tl.sum(tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), axis=0)
-            mean = acc / count
-            out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
-            tl.store(MEAN + out, mean, mask=dmask)
-            if WITH_MAD:
-                dev = tl.zeros([BLOCK_D], dtype=tl.float32)
-                for r0 in range(0, BLOCK, CHUNK):
-                    rows = start + r0 + tl.arange(0, CHUNK)
-                    mask = (rows < L)[:, None] & dmask[None, :]
-                    ptrs = base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d
-                    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-                    dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
-                tl.store(MAD + out, dev / count, mask=dmask)
+        mean, mad = pool_rows(X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h, stride_l, stride_d, pid_n * BLOCK, L, dims, dmask, BLOCK, CHUNK, BLOCK_D, WITH_MAD)
+        out = (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_n) * D + dims
+        tl.store(MEAN + out, mean, mask=dmask)
+        if WITH_MAD:
+            tl.store(MAD + out, mad, mask=dmask)
 
 
 def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
@@ -108,13 +118,8 @@ def block_stats_triton(x: torch.Tensor, block: int, with_mad: bool = True):
     n = (length + block - 1) // block
     mean = torch.empty(bsz, heads, n, dim, dtype=torch.float32, device=x.device)
     mad = torch.empty_like(mean) if with_mad else mean  # MAD pointer unused without with_mad
-    # up to 128 x 128 elements: the whole block in registers (one read, no
-    # second pass); larger blocks: two passes over 32-row chunks (the second
-    # hits L2)
     block_d = triton.next_power_of_2(max(dim, 16))
-    chunk = block if block * block_d <= 128 * 128 and block & (block - 1) == 0 else min(block, 32)
-    if block % chunk:
-        raise ValueError(f"block ({block}) must be a multiple of {chunk}")
+    chunk = chunk_rows(block, block_d)
     _block_stats_kernel[(n, bsz * heads)](
         x, mean, mad,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),

@@ -29,38 +29,10 @@ try:  # Triton is optional (the torch planner still works without it).
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
+from spbench.kernels.block_stats import chunk_rows
 
 if triton is not None:
-
-    @triton.jit
-    def _pool_rows(base, stride_l, stride_d, start, L, dims, dmask, BLOCK: tl.constexpr, CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, WITH_MAD: tl.constexpr):
-        """(mean, mad) over rows [start, start + BLOCK) of one [L, D] slice, fp32."""
-        count = tl.minimum(L - start, BLOCK).to(tl.float32)
-        if CHUNK == BLOCK:  # the whole block in registers: one read for both statistics
-            rows = start + tl.arange(0, CHUNK)
-            mask = (rows < L)[:, None] & dmask[None, :]
-            x = tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
-            mean = tl.sum(x, axis=0) / count
-            mad = mean
-            if WITH_MAD:
-                mad = tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0) / count
-        else:  # two passes over chunks (the second one hits L2)
-            acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-            for r0 in range(0, BLOCK, CHUNK):
-                rows = start + r0 + tl.arange(0, CHUNK)
-                mask = (rows < L)[:, None] & dmask[None, :]
-                acc += tl.sum(tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32), axis=0)
-            mean = acc / count
-            mad = mean
-            if WITH_MAD:
-                dev = tl.zeros([BLOCK_D], dtype=tl.float32)
-                for r0 in range(0, BLOCK, CHUNK):
-                    rows = start + r0 + tl.arange(0, CHUNK)
-                    mask = (rows < L)[:, None] & dmask[None, :]
-                    x = tl.load(base + rows.to(tl.int64)[:, None] * stride_l + dims[None, :] * stride_d, mask=mask, other=0.0).to(tl.float32)
-                    dev += tl.sum(tl.where(mask, tl.abs(x - mean[None, :]), 0.0), axis=0)
-                mad = dev / count
-        return mean, mad
+    from spbench.kernels.block_stats import pool_rows
 
     @triton.jit
     def _pooled_stats_kernel(
@@ -80,7 +52,7 @@ if triton is not None:
                 b = pid_bh // HQ
                 h = pid_bh % HQ
                 dmask = dims < D
-                mean, mad = _pool_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sql, sqd, start, LQ, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
+                mean, mad = pool_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, sql, sqd, start, LQ, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
                 out = QS + (pid_bh.to(tl.int64) * NQ + pid_n) * D + dims
                 tl.store(out, mean, mask=dmask)
                 tl.store(out + q_plane, mad, mask=dmask)
@@ -90,7 +62,7 @@ if triton is not None:
                 b = pid_bh // HKV
                 h = pid_bh % HKV
                 dmask = dims < D
-                mean, mad = _pool_rows(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, skl, skd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
+                mean, mad = pool_rows(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, skl, skd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, True)
                 out = KS + (pid_bh.to(tl.int64) * NK + pid_n) * D + dims
                 tl.store(out, mean, mask=dmask)
                 tl.store(out + k_plane, mean, mask=dmask)
@@ -100,7 +72,7 @@ if triton is not None:
                 b = pid_bh // HKV
                 h = pid_bh % HKV
                 dmask = dims < DV
-                mean, _ = _pool_rows(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, svl, svd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, False)
+                mean, _ = pool_rows(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, svl, svd, start, LK, dims, dmask, BLOCK, CHUNK, BLOCK_D, False)
                 tl.store(VM + (pid_bh.to(tl.int64) * NK + pid_n) * DV + dims, mean, mask=dmask)
 
     @triton.jit
@@ -180,11 +152,6 @@ if triton is not None:
         tl.atomic_add(ACC_F + 4, 8.0 * area.to(tl.float64))
 
 
-def _chunk(block: int, block_d: int) -> int:
-    """Rows read at a time: the whole block when it fits in 128 x 128 registers, else 32."""
-    return block if block * block_d <= 128 * 128 else min(block, 32)
-
-
 def pooled_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int):
     """One launch: ``(qs [3, B, Hq, NQ, D], ks [3, B, Hkv, NK, D], vm [B, Hkv, NK, Dv])`` fp32.
 
@@ -198,7 +165,7 @@ def pooled_stats(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int):
     ks = torch.empty(3, bsz, hkv, nk, d, dtype=torch.float32, device=q.device)
     vm = torch.empty(bsz, hkv, nk, dv, dtype=torch.float32, device=q.device)
     block_d = triton.next_power_of_2(max(d, dv, 16))
-    chunk = _chunk(block, block_d)
+    chunk = chunk_rows(block, block_d)
     _pooled_stats_kernel[(max(nq, nk), bsz * hq, 3)](
         q, k, v, qs, ks, vm,
         *q.stride(), *k.stride(), *v.stride(),
