@@ -53,6 +53,7 @@ from spbench.kernels.pool import Pyramid, build_pyramid
 from spbench.kernels.schedule import schedule_for
 from spbench.method import check_out
 from spbench.plan import LEVELS, Plan
+from spbench.timing import event_ms
 
 import triton  # noqa: E402  (this module is only imported where triton can run)
 import triton.language as tl  # noqa: E402
@@ -424,15 +425,7 @@ def run_plan(
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
-    def time_ms(cfg: tuning.KernelConfig) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch(cfg)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", time_ms)
+    cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", lambda c: event_ms(lambda: launch(c), q.device))
     launch(cfg)
     return (out, lse) if return_lse else out
 

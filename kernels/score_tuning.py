@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import torch
 
+from spbench.timing import event_ms
+
 Config = dict[str, int]
 
 _tuned: dict[tuple, Config] = {}
@@ -26,15 +28,6 @@ _timings: dict[tuple, dict[str, float]] = {}
 
 def label(cfg: Config) -> str:
     return ",".join(f"{k}={v}" for k, v in cfg.items())
-
-
-def _time_ms(launch: Callable[[], Any], device: torch.device) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record(torch.cuda.current_stream(device))
-    launch()
-    end.record(torch.cuda.current_stream(device))
-    end.synchronize()
-    return start.elapsed_time(end)
 
 
 def _too_big(exc: Exception) -> bool:
@@ -59,7 +52,7 @@ def pick(kernel: str, key: tuple, candidates: list[Config], launch: Callable[[Co
     for cfg in candidates:
         try:
             launch(cfg)  # compile + warm up
-            timings[label(cfg)] = min(_time_ms(lambda cfg=cfg: launch(cfg), device) for _ in range(2))
+            timings[label(cfg)] = min(event_ms(lambda cfg=cfg: launch(cfg), device) for _ in range(2))
             by_label[label(cfg)] = cfg
         except Exception as exc:  # noqa: BLE001 - a config may not fit: skip it
             if not _too_big(exc):

@@ -46,6 +46,20 @@ def summarize(samples: list[float], clock: str) -> Timing:
     return Timing(statistics.median(ordered), ordered[0], ordered[-1], iqr, len(ordered), clock)
 
 
+def event_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """One call of ``fn()`` between two CUDA events on ``device``'s current stream (waits for it): ms.
+
+    For autotuners picking a launch config; benchmarks use :func:`time_fn`.
+    """
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    fn()
+    end.record(stream)
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_fn(fn: Callable[[], Any], device: torch.device | str, repeats: int = 10, warmup: int = 3, flush: bool = True) -> Timing:
     """Time ``fn()`` ``repeats`` times after ``warmup`` calls.
 
