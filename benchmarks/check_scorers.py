@@ -5,7 +5,10 @@
 Correctness: psa sampled importance and XAttention antidiagonal scores at
 ``--seq`` tokens, 4 query heads over 2 KV heads (GQA), causal and not, bf16
 (and a ragged length), every autotune candidate of both kernels, compared
-with the plain-PyTorch references (fp32 accumulation there).
+with the plain-PyTorch references (fp32 accumulation there); the fp8
+variants (score_dtype=fp8) against the references on the very values they
+multiply (the GPU quantizer's output, dequantized), and the GPU quantizer
+against its PyTorch reference (share of entries one e4m3 step apart).
 Timing: the scorer calls alone at ``--bench-seq`` x 40 heads (video
 workload), CUDA events with L2 flushed, next to the fastest dense SDPA, with
 the autotune choice and its candidate timings.
@@ -22,6 +25,7 @@ import spbench
 from spbench.kernels import score_tuning
 from triton.runtime.errors import OutOfResources
 
+from spbench.kernels.fp8_rows import dequantize_rows, quantize_rows, quantize_rows_reference
 from spbench.kernels.antidiag import antidiagonal_scores, antidiagonal_scores_reference, tile_configs, tma_ok
 from spbench.kernels.psa_score import psa_importance, psa_importance_reference, rowmax_configs, sample_offsets
 from spbench.parsing import parse_seq
@@ -49,11 +53,27 @@ def check(seq: int) -> list[dict]:
             for cfg in rowmax_configs(q.device, 128, 16):
                 err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg), want)
                 rows.append(dict(kernel="psa", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
+            q8, k8 = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lq)
+            want = psa_importance_reference(q8, k8, q_off, k_off, 128, 64, causal)
+            for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
+                err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True), want)
+                rows.append(dict(kernel="psa_fp8", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
             for stride in (8, 16):
                 want = antidiagonal_scores_reference(q, k, stride, 128, 128, causal)
                 for cfg in tile_configs(q.device, 128 // stride, tma=tma_ok(q, k, stride)):
                     err = _err(lambda cfg=cfg: antidiagonal_scores(q, k, stride, 128, 128, causal, config=cfg), want)
                     rows.append(dict(kernel=f"xattn{stride}", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
+                q8, k8 = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lq)
+                want = antidiagonal_scores_reference(q8, k8, stride, 128, 128, causal)
+                for cfg in tile_configs(q.device, 128 // stride, tma=True):  # the fp8 copies are padded and contiguous
+                    err = _err(lambda cfg=cfg: antidiagonal_scores(q, k, stride, 128, 128, causal, config=cfg, fp8=True), want)
+                    rows.append(dict(kernel=f"xattn{stride}_fp8", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
+        for group in (1, 8, 16):
+            y, s = quantize_rows(q, group)
+            y_ref, s_ref = quantize_rows_reference(q, group)
+            rows.append(dict(kernel=f"quantize_rows_g{group}", lq=lq, scale_max_rel_err=float(((s - s_ref).abs() / s_ref.clamp(min=1e-30)).max()),
+                             share_differing=float((y.float() != y_ref.float()).float().mean()),
+                             max_step_ratio=float(((y.float() - y_ref.float()).abs() / (y_ref.float().abs() / 8 + 2.0**-9)).max())))
     return rows
 
 
@@ -66,6 +86,10 @@ def bench(seq: int, heads: int = 40) -> dict:
         "psa": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False),
         "xattn8": lambda: antidiagonal_scores(q, k, 8, 128, 128, False),
         "xattn16": lambda: antidiagonal_scores(q, k, 16, 128, 128, False),
+        "psa_fp8": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True),
+        "xattn8_fp8": lambda: antidiagonal_scores(q, k, 8, 128, 128, False, fp8=True),
+        "xattn16_fp8": lambda: antidiagonal_scores(q, k, 16, 128, 128, False, fp8=True),
+        "quantize_q_g8": lambda: quantize_rows(q, 8),
     }
     for name, fn in calls.items():
         out[name + "_ms"] = time_fn(fn, q.device, repeats=5, warmup=2).median_ms
@@ -81,9 +105,12 @@ def main() -> None:
     args = ap.parse_args()
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     report["check"] = check(parse_seq(args.seq))
-    worst = max(r["max_err"] for r in report["check"] if isinstance(r["max_err"], float))
+    worst = max(r["max_err"] for r in report["check"] if isinstance(r.get("max_err"), float))
     for r in report["check"]:
-        print(f"check {r['kernel']:8s} lq={r['lq']} causal={r['causal']!s:5s} {r['config']:62s} max_err {r['max_err']}")
+        if "max_err" in r:
+            print(f"check {r['kernel']:12s} lq={r['lq']} causal={r['causal']!s:5s} {r['config']:62s} max_err {r['max_err']}")
+        else:
+            print(f"check {r['kernel']:12s} lq={r['lq']} " + " ".join(f"{k}={v:.3g}" for k, v in r.items() if isinstance(v, float)))
     print(f"worst max abs error vs reference: {worst:.2e}", flush=True)
     report["bench"] = [bench(parse_seq(s)) for s in args.bench_seq.split(",") if s]
     report["tuning"] = score_tuning.scorer_configs()

@@ -49,6 +49,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
 from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting
+from spbench.kernels.fp8_rows import FP8_DTYPE, quantize_tile
 
 
 def sample_offsets(heads: int, block: int, samples: int, seed: int, salt: int = 0) -> torch.Tensor:
@@ -70,12 +71,16 @@ def sampled_positions(offsets: torch.Tensor, length: int, block: int) -> torch.T
 
 @triton.jit
 def _gather_rows(
-    SRC, POS, DST,
+    SRC, POS, DST, DSC,
     ssb, ssh, ssl, ssd,
     bh0, hq, group, n, n_pad,
-    D: tl.constexpr, BLOCK: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr,
 ):
-    """DST[bh, r] = SRC[b, h // group, POS[h, r]] for r < n, zeros up to n_pad (so tiles load unmasked)."""
+    """DST[bh, r] = SRC[b, h // group, POS[h, r]] for r < n, zeros up to n_pad (so tiles load unmasked).
+
+    ``FP8``: DST holds e4m3 rows, each scaled to its own max (fp8_rows),
+    and DSC[bh, r] the row's fp32 scale.
+    """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bh = bh0 + pid_bh
@@ -88,15 +93,19 @@ def _gather_rows(
     src = SRC + b.to(tl.int64) * ssb + (h // group).to(tl.int64) * ssh
     x = tl.load(src + pos[:, None] * ssl + dims[None, :] * ssd, mask=ok[:, None], other=0.0)
     dst = DST + pid_bh.to(tl.int64) * n_pad * D + rows.to(tl.int64)[:, None] * D + dims[None, :]
+    if FP8:
+        x, scale = quantize_tile(x, BLOCK, 1, D)
+        tl.store(DSC + pid_bh.to(tl.int64) * n_pad + rows, scale, mask=rows < n_pad)
     tl.store(dst, x, mask=(rows < n_pad)[:, None])
 
 
 @triton.jit
 def _sampled_rowmax(
-    QS, KS, QD, KD, QPOS, KPOS, RMAX, MAXALL,
+    QS, KS, QD, KD, QPOS, KPOS, RMAX, MAXALL, QSC, KSC,
     bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
     BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -112,6 +121,10 @@ def _sampled_rowmax(
         qt = tl.load(QS + pid_bh.to(tl.int64) * n_rows_pad * D + rows[:, None] * D + dims[None, :])
     if DOT_F32:
         qt = qt.to(tl.float32)
+    row_scale = qk_scale
+    if FP8:  # e4m3 rows with per-row scales (from _gather_rows): a zero row's 0 logits take any scale
+        q_scale = tl.load(QSC + pid_bh.to(tl.int64) * n_rows_pad + rows)
+        row_scale = qk_scale * tl.where(q_scale > 0.0, q_scale, 1.0)
     k_base = KS + pid_bh.to(tl.int64) * n_cols_pad * D
     out_base = RMAX + pid_bh.to(tl.int64) * n_rows * ld
     n_tiles = tl.cdiv(nkv, KB)
@@ -133,13 +146,18 @@ def _sampled_rowmax(
         if DOT_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(qt, tl.trans(kt))
+        if FP8:  # key scales before the max; the query row's after it (positive: it commutes)
+            s = s * tl.load(KSC + pid_bh.to(tl.int64) * n_cols_pad + cols)[None, :]
         if CAUSAL:
             kpos = tl.load(KPOS + h * n_cols + cols, mask=cols < n_cols, other=2147483647)
             s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
         # Scaling by qk_scale > 0 commutes with the max (rounding is monotonic),
         # so scale the BLOCK_M x KB maxima, not the BLOCK_M x BLOCK_N logits.
         kvb = t * KB + tl.arange(0, KB)
-        bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * qk_scale
+        if FP8:
+            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale[:, None]
+        else:
+            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale
         bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))  # zero-padded keys past the end
         tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
         m_acc = tl.maximum(m_acc, bmax)
@@ -191,12 +209,20 @@ INTERPRETER_CONFIG = (64, 64, 4, 1)
 ROW_PAD = 256  # gathered rows are padded to a multiple of this (>= every BLOCK_M / BLOCK_N)
 
 
-def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = None) -> list[dict[str, int]]:
+def gpu_candidates(dim: int, fp8: bool = False) -> list[tuple[int, ...]]:
+    """GPU autotune candidates for head dim ``dim``; in fp8 a d=64 128 x 128 tile on 4 warps spills 16 B on sm_90, so it is left out."""
+    raw = list(GPU_CONFIGS.get(dim, _COMMON))
+    if fp8 and dim <= 64:
+        raw = [c for c in raw if not (c[0] * c[1] >= 128 * 128 and c[2] == 4)]
+    return raw
+
+
+def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = None, fp8: bool = False) -> list[dict[str, int]]:
     """Candidate launch configs of ``_sampled_rowmax`` (one when ``tile`` pins the tile or off the GPU)."""
     if tile is not None:
         raw = [(tile, tile, 8 if tile >= 128 else 4, 3)]
     elif device.type == "cuda" and not interpreting():
-        raw = list(GPU_CONFIGS.get(dim, _COMMON))
+        raw = gpu_candidates(dim, fp8)
     else:
         raw = [INTERPRETER_CONFIG]
     out = []
@@ -219,8 +245,13 @@ def psa_importance(
     max_scratch_bytes: int = 1 << 30,
     tile: int | None = None,
     config: dict[str, int] | None = None,
+    fp8: bool = False,
 ) -> torch.Tensor:
     """Sampled block importance with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``, rows summing to 1.
+
+    ``fp8``: the gathered rows are stored as e4m3 with one scale per row
+    (:mod:`spbench.kernels.fp8_rows`) and multiplied on fp8 tensor cores
+    (fp32 accumulation).
 
     ``q_offsets`` ``[Hq, sq]`` / ``k_offsets`` ``[Hq, sk]``: sampled offsets
     within a block (see :func:`sample_offsets`); sq and sk powers of two.
@@ -238,7 +269,7 @@ def psa_importance(
             raise ValueError(f"{name} per block must be a power of two, got {n}")
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     n_rows, n_cols = nq * sq, nkv * sk
-    configs = [config] if config is not None else rowmax_configs(q.device, dim, sk, tile)
+    configs = [config] if config is not None else rowmax_configs(q.device, dim, sk, tile, fp8)
     pad = max(ROW_PAD, *(c["BLOCK_N"] for c in configs), *(c["BLOCK_M"] for c in configs))
     n_rows_pad, n_cols_pad = math.ceil(n_rows / pad) * pad, math.ceil(n_cols / pad) * pad
     ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
@@ -247,19 +278,23 @@ def psa_importance(
     qpos = sampled_positions(q_offsets.to(q.device), lq, block_q).reshape(hq, n_rows).to(torch.int32)
     kpos = sampled_positions(k_offsets.to(q.device), lk, block_kv).reshape(hq, n_cols).to(torch.int32)
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
-    per_head = 4 * n_rows * (ld + 1) + q.element_size() * dim * (n_rows_pad + n_cols_pad)
+    row_dtype = FP8_DTYPE if fp8 else q.dtype
+    row_bytes = (1 * dim + 4) if fp8 else q.element_size() * dim
+    per_head = 4 * n_rows * (ld + 1) + row_bytes * (n_rows_pad + n_cols_pad)
     chunk = max(1, min(bsz * hq, max_scratch_bytes // per_head))
     rmax = torch.empty(chunk, n_rows, ld, dtype=torch.float32, device=q.device)
     max_all = torch.empty(chunk, n_rows, dtype=torch.float32, device=q.device)
-    qs = torch.empty(chunk, n_rows_pad, dim, dtype=q.dtype, device=q.device)
-    ks = torch.empty(chunk, n_cols_pad, dim, dtype=k.dtype, device=q.device)
-    dot_f32 = dot_in_fp32(q)
-    key = (str(q.dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length())
+    qs = torch.empty(chunk, n_rows_pad, dim, dtype=row_dtype, device=q.device)
+    ks = torch.empty(chunk, n_cols_pad, dim, dtype=row_dtype, device=q.device)
+    q_scale = torch.empty(chunk, n_rows_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
+    k_scale = torch.empty(chunk, n_cols_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
+    dot_f32 = dot_in_fp32(q) or (fp8 and interpreting())
+    key = (str(row_dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length())
     block_j = 128
     for bh0 in range(0, bsz * hq, chunk):
         n_bh = min(chunk, bsz * hq - bh0)
-        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64)
-        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64)
+        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, q_scale, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64, FP8=fp8)
+        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, k_scale, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64, FP8=fp8)
 
         def launch(cfg, bh0=bh0, n_bh=n_bh):
             qd, kd = qs, ks  # unused placeholders unless TMA
@@ -267,9 +302,9 @@ def psa_importance(
                 qd = TensorDescriptor.from_tensor(qs.view(-1, dim), [cfg["BLOCK_M"], dim])
                 kd = TensorDescriptor.from_tensor(ks.view(-1, dim), [cfg["BLOCK_N"], dim])
             _sampled_rowmax[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
-                qs, ks, qd, kd, qpos, kpos, rmax, max_all,
+                qs, ks, qd, kd, qpos, kpos, rmax, max_all, q_scale, k_scale,
                 bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
-                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, **cfg,
+                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, **cfg,
             )
 
         cfg = configs[0] if len(configs) == 1 else score_tuning.pick("psa_rowmax", key, configs, launch, q.device)

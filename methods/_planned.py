@@ -8,12 +8,18 @@ import torch
 
 from spbench.errors import SpbenchError
 from spbench.kernels.executor import execute
+from spbench.kernels.fp8_rows import SCORE_DTYPES
 from spbench.method import Knob, Method
 from spbench.plan import Plan
 
 BACKENDS = ("auto", "triton", "torch")
 
 EXECUTOR_KNOB = Knob("auto", "executor backend: auto (Triton on CUDA / under TRITON_INTERPRET=1), triton, torch (reference)", BACKENDS)
+SCORE_DTYPE_KNOB = Knob(
+    "auto",
+    "scoring precision: auto (fp8 e4m3 with per-row scales on CUDA GPUs with fp8 tensor cores for fp16/bf16 inputs, else the input dtype), fp8, input",
+    SCORE_DTYPES,
+)
 SCORER_KNOB = Knob("auto", "scoring kernel backend: auto (Triton on CUDA / under TRITON_INTERPRET=1), triton, torch (reference)", BACKENDS)
 
 

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 
 from spbench.errors import SpbenchError
 from spbench.kernels.antidiag import check_blocks
+from spbench.kernels.fp8_rows import fp8_values, use_fp8
 from spbench.kernels.psa_score import psa_importance, psa_importance_reference, sample_offsets
 from spbench.method import Knob
 from spbench.methods import _select as sel
-from spbench.methods._planned import EXECUTOR_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, check_power_of_two, use_triton
+from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, check_power_of_two, use_triton
 from spbench.methods.xattention import block_scores as antidiagonal_block_scores
 from spbench.plan import Plan
 
@@ -89,6 +90,13 @@ class PSA(PlannedMethod):
        In causal mode the diagonal is forced to level 1 in both variants
        (so every query sees its own key), and KV blocks entirely after the
        query block are never selected.
+       ``score_dtype`` (default ``auto``): on CUDA GPUs with fp8 tensor
+       cores (sm_89+) and fp16/bf16 inputs the scoring products run in
+       e4m3 with one fp32 scale per row (per reshaped row for the
+       antidiagonal scores), accumulated in fp32 (``spbench.kernels.
+       fp8_rows``): half the scorer's time; ``input`` keeps the inputs'
+       dtype; ``fp8`` forces it (the torch reference then scores the same
+       quantized values).
     2. Levels, per query block, over the blocks ranked forced-first then by
        descending importance:
        * ``mode="threshold"``: with the exclusive cumulative share e of a
@@ -153,6 +161,7 @@ class PSA(PlannedMethod):
         "seed": Knob(0, "seed of the sampled positions (generation)"),
         "stride": Knob(16, "antidiagonal stride (understanding)"),
         "scorer": SCORER_KNOB,
+        "score_dtype": SCORE_DTYPE_KNOB,
         "scratch_mb": Knob(1024, "scoring scratch memory cap (MiB); heads are scored in chunks under it"),
         "executor": EXECUTOR_KNOB,
     }
@@ -228,10 +237,14 @@ class PSA(PlannedMethod):
         """Block importance ``[B, Hq, NQ, NKV]``, rows summing to 1 (see the class docstring)."""
         p = self.params
         if p["variant"] == "understanding":
-            return antidiagonal_block_scores(q, k, p["stride"], p["block_q"], p["block_kv"], self.causal, p["scale"], p["scorer"], p["scratch_mb"] << 20)
+            return antidiagonal_block_scores(q, k, p["stride"], p["block_q"], p["block_kv"], self.causal, p["scale"], p["scorer"], p["scratch_mb"] << 20, p["score_dtype"])
         q_off, k_off = self.offsets(q.shape[1], q.device)
-        if use_triton(p["scorer"], q.device):
-            return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20)
+        triton_scorer = use_triton(p["scorer"], q.device)
+        fp8 = use_fp8(p["score_dtype"], q, triton_scorer)
+        if triton_scorer:
+            return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20, fp8=fp8)
+        if fp8:  # the reference scores the same per-row e4m3 values
+            q, k = fp8_values(q, 1), fp8_values(k, 1)
         return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
 
     def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:

@@ -6,16 +6,21 @@ import torch
 
 from spbench.errors import SpbenchError
 from spbench.kernels.antidiag import antidiagonal_scores, antidiagonal_scores_reference, check_blocks
+from spbench.kernels.fp8_rows import fp8_values, use_fp8
 from spbench.method import Knob
 from spbench.methods import _select as sel
-from spbench.methods._planned import EXECUTOR_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, use_triton
+from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, use_triton
 from spbench.plan import Plan
 
 
-def block_scores(q, k, stride, block_q, block_kv, causal, scale, scorer="auto", max_scratch_bytes=1 << 30) -> torch.Tensor:
-    """Antidiagonal block scores ``[B, Hq, NQ, NKV]`` (rows sum to 1) with the chosen backend."""
-    if use_triton(scorer, q.device):
-        return antidiagonal_scores(q, k, stride, block_q, block_kv, causal, scale, max_scratch_bytes)
+def block_scores(q, k, stride, block_q, block_kv, causal, scale, scorer="auto", max_scratch_bytes=1 << 30, score_dtype="auto") -> torch.Tensor:
+    """Antidiagonal block scores ``[B, Hq, NQ, NKV]`` (rows sum to 1) with the chosen backend and precision."""
+    triton_scorer = use_triton(scorer, q.device)
+    fp8 = use_fp8(score_dtype, q, triton_scorer)
+    if triton_scorer:
+        return antidiagonal_scores(q, k, stride, block_q, block_kv, causal, scale, max_scratch_bytes, fp8=fp8)
+    if fp8:  # the reference scores the same per-reshaped-row e4m3 values
+        q, k = fp8_values(q, stride), fp8_values(k, stride)
     return antidiagonal_scores_reference(q, k, stride, block_q, block_kv, causal, scale)
 
 
@@ -37,6 +42,13 @@ class XAttention(PlannedMethod):
        (both off by default, as in the video-generation setting).
        A KV block entirely after the query block is never selected.
     3. Execute with levels {0, 1}.
+
+    ``score_dtype`` (default ``auto``): on CUDA GPUs with fp8 tensor cores
+    (sm_89+) and fp16/bf16 inputs the antidiagonal products run in e4m3,
+    one fp32 scale per reshaped row (the S rows it concatenates), with
+    fp32 accumulation (``spbench.kernels.fp8_rows``): about half the
+    scoring time; ``input`` keeps the inputs' dtype; ``fp8`` forces it
+    (the torch reference then scores the same quantized values).
 
     ``budget`` replaces ``tau``: each query block keeps its forced blocks
     plus the best others until the kept area is ``budget`` of its visible
@@ -60,6 +72,7 @@ class XAttention(PlannedMethod):
         "keep_diagonal": Knob(False, "always keep the KV blocks overlapping the query block (forced on when causal)"),
         "sink": Knob(False, "always keep the first KV block (forced on when causal)"),
         "scorer": SCORER_KNOB,
+        "score_dtype": SCORE_DTYPE_KNOB,
         "scratch_mb": Knob(1024, "scoring scratch memory cap (MiB); heads are scored in chunks under it"),
         "executor": EXECUTOR_KNOB,
     }
@@ -75,7 +88,7 @@ class XAttention(PlannedMethod):
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         p = self.params
-        return block_scores(q, k, p["stride"], p["block_q"], p["block_kv"], self.causal, p["scale"], p["scorer"], p["scratch_mb"] << 20)
+        return block_scores(q, k, p["stride"], p["block_q"], p["block_kv"], self.causal, p["scale"], p["scorer"], p["scratch_mb"] << 20, p["score_dtype"])
 
     def plan(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Plan:
         self.check_inputs(q, k, v)

@@ -101,22 +101,25 @@ def test_triton_gpu_tile_sizes():
     torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 64, True), atol=1e-5, rtol=0)
 
 
-def test_kernel_compiles_for_h100_without_spills():
+@pytest.mark.parametrize("fp8", [False, True])
+def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
-    from spbench.kernels.psa_score import GPU_CONFIGS
+    from spbench.kernels.psa_score import gpu_candidates
 
     configs = []
+    elem = "fp8e4nv" if fp8 else "bf16"
     for d, bq, bk, causal in ((128, 128, 64, False), (128, 128, 64, True), (64, 64, 32, True)):
         sq, sk = bq // 4, bk // 4
-        for bm, bn, warps, stages, *tma in GPU_CONFIGS[d]:  # every candidate the GPU autotune may pick
+        for bm, bn, warps, stages, *tma in gpu_candidates(d, fp8):  # every candidate the GPU autotune may pick
             bn = max(bn, sk)
-            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0)
-            descs = {"QD": f"tensordesc<bf16[{bm}, {d}]>", "KD": f"tensordesc<bf16[{bn}, {d}]>"} if tma else {"QD": "*bf16", "KD": "*bf16"}
+            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0, FP8=fp8)
+            descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
+            descs.update(QS=f"*{elem}", KS=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
     results = sm90_resources(
         "spbench.kernels.psa_score", "_sampled_rowmax", configs,
-        {"QS": "*bf16", "KS": "*bf16", "QPOS": "*i32", "KPOS": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32"},
+        {"QPOS": "*i32", "KPOS": "*i32", "RMAX": "*fp32", "MAXALL": "*fp32", "QSC": "*fp32", "KSC": "*fp32"},
         div16=("n_rows", "n_rows_pad", "n_cols_pad", "ld"), floats=("qk_scale",),
     )
     for cfg, res in zip(configs, results):

@@ -89,21 +89,24 @@ def test_triton_gpu_tile_sizes():
         torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
 
 
-def test_kernel_compiles_for_h100_without_spills():
+@pytest.mark.parametrize("fp8", [False, True])
+def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
     from spbench.kernels.antidiag import GPU_CONFIGS
 
     configs = []
+    elem = "fp8e4nv" if fp8 else "bf16"
     for d, stride, bk, causal in ((128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
         cpb = bk // stride
         for bm, bn, warps, stages, flat, *tma in GPU_CONFIGS:  # every candidate the GPU autotune may pick
-            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0)
-            descs = {"QD": f"tensordesc<bf16[{bm}, {d}]>", "KD": f"tensordesc<bf16[{bn}, {d}]>"} if tma else {"QD": "*bf16", "KD": "*bf16"}
+            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8)
+            descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
+            descs.update(Q=f"*{elem}", K=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
     results = sm90_resources(
         "spbench.kernels.antidiag", "_tile_lse", configs,
-        {"Q": "*bf16", "K": "*bf16", "LSE": "*fp32", "ROW_LSE": "*fp32"},
+        {"LSE": "*fp32", "ROW_LSE": "*fp32", "QSC": "*fp32", "KSC": "*fp32"},
         div16=("sqb", "sqh", "sql", "skb", "skh", "skl", "ld"), ones=("sqd", "skd"), floats=("qk_scale",),
     )
     for cfg, res in zip(configs, results):
