@@ -65,7 +65,7 @@ def check(seq: int) -> list[dict]:
                     rows.append(dict(kernel=f"xattn{stride}", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
                 q8, k8 = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lq)
                 want = antidiagonal_scores_reference(q8, k8, stride, 128, 128, causal)
-                for cfg in tile_configs(q.device, 128 // stride, tma=True):  # the fp8 copies are padded and contiguous
+                for cfg in tile_configs(q.device, 128 // stride, tma=True, fp8=True):  # the fp8 copies are padded and contiguous
                     err = _err(lambda cfg=cfg: antidiagonal_scores(q, k, stride, 128, 128, causal, config=cfg, fp8=True), want)
                     rows.append(dict(kernel=f"xattn{stride}_fp8", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
         for group in (1, 8, 16):

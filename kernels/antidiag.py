@@ -220,7 +220,14 @@ GPU_CONFIGS = (
     (128, 128, 8, 3, 1), (64, 128, 4, 3, 1), (128, 128, 8, 3, 0),
     (128, 128, 8, 3, 1, 1), (128, 128, 8, 2, 1, 1), (64, 128, 4, 3, 1, 1),
 )
+# fp8 operands take half the shared memory per stage: deeper pipelines fit (tried only in fp8).
+FP8_EXTRA = ((64, 128, 4, 4, 1, 1), (128, 128, 8, 4, 1, 1))
 INTERPRETER_CONFIG = (64, 64, 4, 1, 1)
+
+
+def gpu_candidates(fp8: bool = False) -> list[tuple[int, ...]]:
+    """GPU autotune candidates of ``_tile_lse`` (``FP8_EXTRA`` added for e4m3 operands)."""
+    return list(GPU_CONFIGS) + (list(FP8_EXTRA) if fp8 else [])
 
 
 def tma_ok(q: torch.Tensor, k: torch.Tensor, stride: int) -> bool:
@@ -228,12 +235,12 @@ def tma_ok(q: torch.Tensor, k: torch.Tensor, stride: int) -> bool:
     return all(x.is_contiguous() and x.shape[2] % stride == 0 and x.data_ptr() % 16 == 0 for x in (q, k))
 
 
-def tile_configs(device: torch.device, cpb: int, tile: int | None = None, tma: bool = True) -> list[dict[str, int]]:
+def tile_configs(device: torch.device, cpb: int, tile: int | None = None, tma: bool = True, fp8: bool = False) -> list[dict[str, int]]:
     """Candidate launch configs of ``_tile_lse`` (BLOCK_N as KV blocks per tile, ``KPT``)."""
     if tile is not None:
         raw = [(tile, tile, 8 if tile >= 128 else 4, 3, 1)]
     elif device.type == "cuda" and not interpreting():
-        raw = list(GPU_CONFIGS)
+        raw = gpu_candidates(fp8)
     else:
         raw = [INTERPRETER_CONFIG]
     out = []
@@ -282,7 +289,7 @@ def antidiagonal_scores(
         q, q_scale = quantize_rows(q, stride)
         k, k_scale = quantize_rows(k, stride)
     use_tma = tma_ok(q, k, stride)
-    configs = [config] if config is not None else tile_configs(q.device, cpb, tile, use_tma)
+    configs = [config] if config is not None else tile_configs(q.device, cpb, tile, use_tma, fp8)
     if any(c.get("TMA") for c in configs) and not use_tma:
         raise ValueError("TMA configs need contiguous q and k with lengths a multiple of the stride")
     if any(c.get("TMA") and not c.get("FLAT") for c in configs):

@@ -43,13 +43,21 @@ def round_to_e4m3(x):
 
 @triton.jit
 def quantize_tile(x, ROWS: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr):
-    """A ``[ROWS, D]`` tile -> (e4m3 tile, per-group fp32 scales ``[ROWS // GROUP]``)."""
+    """A ``[ROWS, D]`` tile -> (e4m3 tile, per-group fp32 scales ``[ROWS // GROUP]``).
+
+    Row maxima first, then the (small) group reduction and its broadcast back
+    to rows: no 3-D reshape of the whole tile (layout shuffles through
+    shared memory on the GPU).
+    """
     x = x.to(tl.float32)
-    x3 = tl.reshape(x, [ROWS // GROUP, GROUP, D])
-    amax = tl.max(tl.max(tl.abs(x3), axis=2), axis=1)
+    amax = tl.max(tl.abs(x), axis=1)
+    if GROUP > 1:
+        amax = tl.max(tl.reshape(amax, [ROWS // GROUP, GROUP]), axis=1)
     inv = tl.where(amax > 0.0, 448.0 / tl.maximum(amax, 1e-30), 0.0)
-    y = round_to_e4m3(x3 * inv[:, None, None])
-    return tl.reshape(y, [ROWS, D]).to(tl.float8e4nv), amax / 448.0
+    if GROUP > 1:
+        inv = tl.reshape(tl.broadcast_to(inv[:, None], [ROWS // GROUP, GROUP]), [ROWS])
+    y = round_to_e4m3(x * inv[:, None])
+    return y.to(tl.float8e4nv), amax / 448.0
 
 
 @triton.jit
@@ -125,11 +133,11 @@ def quantize_rows(x: torch.Tensor, group: int, rows_pad: int | None = None) -> t
         raise ValueError(f"quantize_rows: group {group} must be a power of two dividing rows_pad {rows_pad} >= length {length}")
     if not (x.device.type == "cuda" or interpreting()):
         return quantize_rows_reference(x, group, rows_pad)
-    rows = max(64, group)  # a tile holds whole groups
+    rows = max(8192 // dim, group)  # a tile holds whole groups; ~8K elements per program
     alloc = math.ceil(rows_pad / rows) * rows
     y = torch.empty(bsz, heads, alloc, dim, dtype=FP8_DTYPE, device=x.device)
     scale = torch.empty(bsz, heads, alloc // group, dtype=torch.float32, device=x.device)
-    _quantize_groups[(alloc // rows, bsz * heads)](x, y, scale, *x.stride(), heads, length, alloc, GROUP=group, D=dim, ROWS=rows)
+    _quantize_groups[(alloc // rows, bsz * heads)](x, y, scale, *x.stride(), heads, length, alloc, GROUP=group, D=dim, ROWS=rows, num_warps=8)
     if alloc != rows_pad:
         y, scale = y[:, :, :rows_pad].contiguous(), scale[:, :, : rows_pad // group].contiguous()
     return y, scale

@@ -93,13 +93,13 @@ def test_triton_gpu_tile_sizes():
 def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
-    from spbench.kernels.antidiag import GPU_CONFIGS
+    from spbench.kernels.antidiag import gpu_candidates
 
     configs = []
     elem = "fp8e4nv" if fp8 else "bf16"
     for d, stride, bk, causal in ((128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
         cpb = bk // stride
-        for bm, bn, warps, stages, flat, *tma in GPU_CONFIGS:  # every candidate the GPU autotune may pick
+        for bm, bn, warps, stages, flat, *tma in gpu_candidates(fp8):  # every candidate the GPU autotune may pick
             consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8)
             descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
             descs.update(Q=f"*{elem}", K=f"*{elem}")
