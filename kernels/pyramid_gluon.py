@@ -1,22 +1,25 @@
-"""EXPERIMENTAL: a warp-specialized Gluon (Hopper, sm_90) fast path for level-1 plans.
+"""The Gluon (Hopper, sm_90) path of the executor: a warp-specialized kernel for non-causal plans.
 
-Same semantics as :func:`spbench.kernels.pyramid_triton.run_plan` for the
-subset it supports (see :func:`unsupported`): non-causal plans whose active
-entries are all level 1, fp16/bf16, head dim 64 or 128, block_q 128 or 256,
-block_kv 64 or 128, contiguous K/V.
+Same semantics as the Triton kernel (:mod:`spbench.kernels.pyramid_triton`)
+over the set it supports (see :func:`unsupported`): non-causal plans with
+any mix of levels 1/2/4/8, fp16/bf16, head dim 64 or 128, block_q 128 or
+256, block_kv 64 or 128, contiguous K/V. ``run_plan`` dispatches here on
+sm_90 when the call is in that set (``SPBENCH_EXECUTOR_KERNEL`` /
+``kernel=`` force either path); the kernel is in :mod:`spbench.kernels.gluon_attn`.
 
 Why a second kernel: the Triton kernel's inner loop tops out near 495
 TFLOP/s on H200 (cuDNN reaches ~676) because Triton's pipeliner keeps the
-softmax of a tile serialized with its matmuls. This kernel is written in
-Gluon (Triton's explicit-layout dialect) in the FA3 style:
+softmax of a tile serialized with its matmuls. This one is written in Gluon
+(Triton's explicit-layout dialect) in the FA3 style:
 
 * one program per 128 query rows of one (batch, head); three partitions:
-  a 1-warp **loader** that walks the plan's level-1 entries
+  a 1-warp **loader** that walks the plan's entries level by level
   (:mod:`spbench.kernels.schedule`) and TMA-loads K and V tiles of
-  ``BLOCK_N`` rows into ``STAGES``-deep shared-memory rings (a 128-row tile
-  of 64-row blocks is two 64-row TMA loads of two blocks; a 64-row tile of
-  a 128-row block is half a block), and two 4-warp **consumer**
-  warpgroups, each owning 64 query rows;
+  ``BLOCK_N`` rows into ``STAGES``-deep shared-memory rings, and two
+  4-warp **consumer** warpgroups, each owning 64 query rows. A tile packs
+  ``BLOCK_N / R`` entries of R rows (R = block_kv / p pooled rows at level
+  p) through one TMA load of R rows each; an entry taller than a tile (a
+  128-row block in 64-row tiles) is loaded a tile at a time;
 * separate ready/empty mbarriers for K and V, so ``QK^T`` of tile t can
   start before V of tile t has landed; an empty barrier completes when both
   consumers released the slot (count 2);
@@ -26,16 +29,19 @@ Gluon (Triton's explicit-layout dialect) in the FA3 style:
   O is rescaled once that finishes. The two consumer warpgroups are
   independent partitions, so the warp schedulers interleave one's softmax
   with the other's matmuls (no explicit ping-pong barrier);
-* exp2 softmax with the log2(e) scale folded in, fp32 accumulators; only
-  the tiles past the plan's *clean* entries (the ragged last KV block, the
-  odd tail of a pair of 64-row blocks) pay for masking. The odd tail loads
-  the last block twice and masks the copy, so no stale shared memory is
-  ever multiplied (0 * NaN would poison the row);
+* exp2 softmax with the log2(e) scale folded in, fp32 accumulators. Clean
+  tiles (only whole, unmasked entries) add log2(p) to the row max and the
+  shift, at no per-element cost; the rest (the ragged last block, a tile's
+  unfilled tail, a ragged pooled group with bias log2(size)) are masked
+  after the PV wgmma of the step finished (frees registers). An unfilled
+  tail reloads the level's last entry and masks it, so no stale shared
+  memory is ever multiplied (0 * NaN would poison the row);
 * empty rows return zeros (lse -inf); epilogue ``row_scale * O +
   compensation`` and the natural-log LSE as in the Triton kernel.
 
-Not wired into ``run_plan`` unless it measures faster; see
-:func:`run_plan_gluon` and ``benchmarks/bench_gluon.py``.
+Launch config: ``BLOCK_N`` 128, 2 stages below 64Ki keys and 3 from there
+(measured on H200: 3 stages +6% at 110k dense, -7% at 32k binary 0.10);
+``SPBENCH_GLUON_CONFIG="block_n=64,stages=3"`` pins one.
 """
 
 from __future__ import annotations
@@ -45,8 +51,11 @@ import torch
 from spbench.errors import SpbenchError
 from spbench.kernels.schedule import schedule_for
 from spbench.method import check_out
-from spbench.kernels.gluon_attn import BLOCK_M, CONSUMER_REGS, HAVE_GLUON, LOADER_REGS, MAXNREG
-from spbench.plan import Plan
+import os
+
+from spbench.kernels import tuning
+from spbench.kernels.gluon_attn import BLOCK_M, CONSUMER_REGS, HAVE_GLUON, LOADER_REGS, MAXNREG, load_rows
+from spbench.plan import LEVELS, Plan
 
 LOG2E = 1.4426950408889634
 
@@ -55,6 +64,9 @@ if HAVE_GLUON:
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from spbench.kernels.gluon_attn import _gluon_fwd
+
+
+CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, block_n: int = 128) -> str | None:
@@ -70,25 +82,37 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[-1] not in (64, 128) or k.shape[-1] != q.shape[-1]:
         return "needs [B, H, L, D] inputs with head dim 64 or 128"
     if plan.block_q not in (128, 256) or plan.block_kv not in (64, 128) or block_n not in (64, 128):
-        return "needs block_q in (128, 256), block_kv in (64, 128)"
+        return "needs block_q in (128, 256), block_kv in (64, 128) and a tile of 64 or 128 rows"
     if not (k.is_contiguous() and v.is_contiguous()) or k.data_ptr() % 16 or v.data_ptr() % 16:
         return "needs contiguous, 16-byte aligned k and v"
     if k.shape[0] * k.shape[1] * k.shape[2] >= 2**31 or q.shape[2] * q.stride(2) >= 2**31:
         return "row offsets beyond int32"
-    if schedule_for(plan).level_mask & ~1:
-        return "pooled levels (2/4/8) are not implemented in the Gluon path"
     return None
+
+
+def config(kv_len: int) -> tuple[int, int]:
+    """(block_n, stages): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default."""
+    text = os.environ.get(CONFIG_ENV, "").strip()
+    fields = {"block_n": 128, "stages": 3 if kv_len >= 65536 else 2}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in fields or not value.strip().isdigit():
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128 or stages=2|3")
+        fields[name.strip()] = int(value)
+    if fields["block_n"] not in (64, 128) or fields["stages"] not in (2, 3, 4):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and stages 2..4, got {fields}")
+    return fields["block_n"], fields["stages"]
 
 
 def _gl_dtype(dtype: torch.dtype):
     return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
 
 
-def descriptors(k: torch.Tensor, v: torch.Tensor, load_rows: int):
-    """TMA descriptors over the [B*Hkv*Lk, D] views of k and v, one load = ``load_rows`` rows."""
-    d = k.shape[-1]
-    layout = gl.NVMMASharedLayout.get_default_for([load_rows, d], _gl_dtype(k.dtype))
-    return tuple(TensorDescriptor.from_tensor(t.reshape(-1, d), [load_rows, d], layout) for t in (k, v))
+def descriptor(t: torch.Tensor, rows: int):
+    """TMA descriptor over the [B*Hkv*L, D] view of a contiguous [B, Hkv, L, D] tensor, ``rows`` rows per load."""
+    d = t.shape[-1]
+    layout = gl.NVMMASharedLayout.get_default_for([rows, d], _gl_dtype(t.dtype))
+    return TensorDescriptor.from_tensor(t.reshape(-1, d), [rows, d], layout)
 
 
 def run_plan_gluon(
@@ -98,20 +122,28 @@ def run_plan_gluon(
     plan: Plan,
     scale: float | None = None,
     return_lse: bool = False,
+    pyramid=None,
     out: torch.Tensor | None = None,
-    block_n: int = 128,
-    stages: int = 2,
+    block_n: int | None = None,
+    stages: int | None = None,
 ):
-    """Run a level-1 plan with the Gluon kernel (see :func:`unsupported` for the supported set)."""
-    from spbench.kernels.pyramid_triton import _check, _extra, _store_ok  # noqa: PLC0415
+    """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
+
+    Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
+    ``stages`` override :func:`config`.
+    """
+    from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
+    cfg_n, cfg_s = config(k.shape[2])
+    block_n = block_n or cfg_n
+    stages = stages or cfg_s
     reason = unsupported(q, k, v, plan, block_n)
     if reason:
         raise SpbenchError(f"the Gluon path {reason}")
     if out is not None and not _store_ok(out):
-        raise SpbenchError("the Gluon path needs an out tensor with a contiguous last dim")
+        raise SpbenchError("the Gluon path needs an out tensor with a contiguous last dim and int32 row offsets")
     bsz, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     scale = d**-0.5 if scale is None else float(scale)
@@ -126,20 +158,30 @@ def run_plan_gluon(
     comp = _extra(plan, "compensation", (bsz, hq, nqb, d), q.device)
     if lq == 0:
         return (out, lse) if return_lse else out
-    load_rows = min(block_n, plan.block_kv)
-    k_desc, v_desc = descriptors(k, v, load_rows)
+    mask = sched.level_mask
+    descs = [descriptor(t, load_rows(plan.block_kv, block_n, 1)) for t in (k, v)]
+    lens = [(lk + p - 1) // p for p in (2, 4, 8)]
+    if mask & ~1:
+        pyr = pyramid_for(k, v, plan, pyramid)
+        for p in (2, 4, 8):
+            rows = load_rows(plan.block_kv, block_n, p)
+            descs += [descriptor(pyr.k[p].contiguous(), rows), descriptor(pyr.v[p].contiguous(), rows)]
+    else:
+        descs += descs[:2] * 3  # never read: LEVEL_MASK compiles those loads out
     grid = ((lq + BLOCK_M - 1) // BLOCK_M, bsz * hq)
     _gluon_fwd[grid](
-        q, k_desc, v_desc, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
+        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
         sched.idx, sched.count,
-        scale * LOG2E, lq, lk, hq, hq // hkv, nqb, sched.width,
+        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, LOAD_ROWS=load_rows, D=d, STAGES=stages,
+        BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
         CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
         num_warps=4, maxnreg=MAXNREG,
     )
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages}", "gluon", kernel="gluon", BLOCK_N=block_n, num_stages=stages,
+                         levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 
 
-__all__ = ["HAVE_GLUON", "run_plan_gluon", "unsupported", "descriptors"]
+__all__ = ["HAVE_GLUON", "run_plan_gluon", "unsupported", "config", "descriptor"]

@@ -1,11 +1,13 @@
 """The experimental Gluon (sm_90) level-1 path: CPU compile check, support rules, GPU numerics.
 
 * CPU: the kernel compiles for sm_90 with triton's real compiler + ptxas
-  (in a child process without TRITON_INTERPRET) and spills nothing;
-  skipped when the installed triton lacks the Gluon Hopper API.
+  (in a child process without TRITON_INTERPRET), is warp-specialized, and
+  spills at most a few scalars; skipped when triton lacks the Gluon Hopper
+  API. The ``kernel=`` / ``SPBENCH_EXECUTOR_KERNEL`` switch of ``run_plan``.
 * GPU (CUDA sm_90 only): outputs and LSE against the PyTorch reference over
-  the supported set (block_kv 64/128, tile 64/128, 2/3 stages, bf16/fp16,
-  d 64/128, ragged lengths, empty rows, GQA, block_q 256, epilogue).
+  the supported set (levels 1/2/4/8 mixed, block_kv 64/128, tile 64/128,
+  2/3 stages, bf16/fp16, d 64/128, ragged lengths, empty rows, GQA,
+  block_q 256, epilogue), and ``run_plan``'s dispatch.
 """
 
 from __future__ import annotations
@@ -51,28 +53,33 @@ print("RESULT " + json.dumps(out))
 
 
 @needs_gluon
-def test_compiles_for_sm90_without_spills():
+def test_compiles_for_sm90():
     configs = [
-        dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2),
-        dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=3, has_scale=True, has_comp=True, return_lse=True, index_dtype="i32"),
+        dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2, level_mask=15),
+        dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=3, level_mask=11, has_scale=True, has_comp=True, return_lse=True,
+             index_dtype="i32"),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(configs)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT ", 1)[1])
     for cfg, res in zip(configs, results):
-        assert res.get("STACK", 0) == 0, (cfg, res)  # no spills
+        # At most a few spilled scalars (measured: <= 200 bytes with every level, triton 3.6/3.8);
+        # tile-sized spills would be kilobytes.
+        assert res.get("STACK", 0) <= 256, (cfg, res)
         # warp-specialized: registers moved to the consumer warpgroups, TMA loads, async wgmma
         assert gluon_attn.CONSUMER_REGS in res["setmaxnreg"] and gluon_attn.LOADER_REGS in res["setmaxnreg"], res
         assert res["tma"] > 0 and res["wgmma"] > 0, res
         assert res["shared"] <= 227 * 1024, res
 
 
-def _plan(b, h, lq, lk, bq, bk, density=0.6, seed=0, device="cpu", empty=False, levels=None):
+def _plan(b, h, lq, lk, bq, bk, density=0.6, seed=0, device="cpu", empty=False, pooled=False):
+    """A random level map: active blocks at level 1, or at a random level 1/2/4/8 when ``pooled``."""
     nq, nk = -(-lq // bq), -(-lk // bk)
     g = torch.Generator(device=device).manual_seed(seed)
-    if levels is None:
-        levels = (torch.rand(b, h, nq, nk, device=device, generator=g) < density).long()
+    levels = (torch.rand(b, h, nq, nk, device=device, generator=g) < density).long()
+    if pooled:
+        levels = levels * torch.tensor([1, 2, 4, 8], device=device)[torch.randint(0, 4, levels.shape, device=device, generator=g)]
     if empty:
         levels[:, :, 0] = 0
     return levels
@@ -88,6 +95,31 @@ def test_unsupported_reasons_cpu():
         pyramid_gluon.run_plan_gluon(q, q, q, plan)
 
 
+def test_kernel_switch_cpu(monkeypatch):
+    from spbench.kernels import pyramid_gluon, pyramid_triton, tuning
+
+    lv = _plan(1, 2, 200, 200, 64, 32)
+    plan = Plan.from_levels(lv, 200, 200, 64, 32, False)
+    q, k, v = (torch.randn(1, 2, 200, 64) for _ in range(3))
+    with pytest.raises(SpbenchError, match="must be one of"):
+        pyramid_triton.run_plan(q, k, v, plan, kernel="cuda")
+    with pytest.raises(SpbenchError, match="Gluon path"):
+        pyramid_triton.run_plan(q, k, v, plan, kernel="gluon")
+    monkeypatch.setenv(pyramid_triton.KERNEL_ENV, "gluon")
+    with pytest.raises(SpbenchError, match="Gluon path"):
+        pyramid_triton.run_plan(q, k, v, plan)
+    monkeypatch.setenv(pyramid_triton.KERNEL_ENV, "auto")  # auto off sm_90: the Triton kernel
+    pyramid_triton.run_plan(q, k, v, plan)
+    assert tuning.chosen_config()["kernel"] == "triton"
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=3")
+    assert pyramid_gluon.config(1000) == (64, 3)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=96")
+    with pytest.raises(SpbenchError):
+        pyramid_gluon.config(1000)
+    monkeypatch.delenv(pyramid_gluon.CONFIG_ENV)
+    assert pyramid_gluon.config(1000) == (128, 2) and pyramid_gluon.config(110000) == (128, 3)
+
+
 GPU_CASES = [
     # (dtype, d, hq, hkv, lq, lk, block_q, block_kv, block_n, stages, extra)
     ("bfloat16", 128, 3, 3, 300, 333, 128, 64, 128, 2, {}),
@@ -97,6 +129,10 @@ GPU_CASES = [
     ("float16", 64, 4, 2, 257, 640, 128, 64, 128, 2, {"empty": True}),
     ("bfloat16", 128, 2, 1, 256, 190, 256, 128, 128, 2, {"epilogue": True}),
     ("float16", 128, 1, 1, 129, 4097, 128, 64, 128, 3, {"dense": True}),
+    ("bfloat16", 128, 2, 2, 300, 333, 128, 64, 128, 2, {"pooled": True}),
+    ("bfloat16", 128, 2, 1, 300, 1001, 128, 128, 128, 3, {"pooled": True}),
+    ("float16", 64, 2, 2, 257, 517, 128, 128, 64, 2, {"pooled": True, "empty": True}),
+    ("float16", 128, 2, 2, 256, 700, 256, 64, 64, 3, {"pooled": True, "epilogue": True}),
 ]
 
 
@@ -113,7 +149,7 @@ def test_gluon_matches_reference(case):
     q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(b, hkv, lk, d, device="cuda", dtype=dtype, generator=g)
     v = torch.randn(b, hkv, lk, d, device="cuda", dtype=dtype, generator=g)
-    levels = _plan(b, hq, lq, lk, bq, bk, device="cuda", empty=extra.get("empty", False))
+    levels = _plan(b, hq, lq, lk, bq, bk, device="cuda", empty=extra.get("empty", False), pooled=extra.get("pooled", False))
     if extra.get("dense"):
         levels = torch.ones_like(levels)
     extras = {}
@@ -132,3 +168,31 @@ def test_gluon_matches_reference(case):
         assert (lse[fin] - rlse[fin]).abs().max().item() < 1e-2
     if extra.get("empty"):
         assert torch.isinf(lse[:, :, :bq]).all() and (out[:, :, :bq] == 0).all()
+
+
+@needs_sm90
+def test_run_plan_dispatch_gpu(monkeypatch):
+    from spbench.kernels import tuning
+    from spbench.kernels.pyramid_triton import KERNEL_ENV, run_plan
+
+    monkeypatch.delenv(KERNEL_ENV, raising=False)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 500, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    plan = Plan.from_levels(_plan(1, 2, 500, 500, 128, 64, device="cuda", pooled=True), 500, 500, 128, 64, False)
+    tuning.pin_config("BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=0")
+    try:
+        tri = run_plan(q, k, v, plan, kernel="triton")
+        assert tuning.chosen_config()["kernel"] == "triton"
+        auto = run_plan(q, k, v, plan)
+        assert tuning.chosen_config()["kernel"] == "gluon"
+        out = torch.empty(1, 500, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # strided out
+        run_plan(q, k, v, plan, out=out, kernel="gluon")
+        causal = Plan.from_levels(_plan(1, 2, 500, 500, 128, 64, device="cuda"), 500, 500, 128, 64, True)
+        run_plan(q, k, v, causal)  # causal: not in the Gluon set, auto falls back
+        assert tuning.chosen_config()["kernel"] == "triton"
+        with pytest.raises(SpbenchError):
+            run_plan(q, k, v, causal, kernel="gluon")
+    finally:
+        tuning.pin_config(None)
+    assert (auto.float() - tri.float()).abs().max().item() < 3e-2
+    assert (out.float() - tri.float()).abs().max().item() < 3e-2
