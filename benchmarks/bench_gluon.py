@@ -28,15 +28,16 @@ sys.path.insert(0, HERE)
 
 # Triton configs pinned per case (the autotuner's picks on H200, results/reference/executor_bench_h200*.json)
 TRITON_CFG = {
-    "32k_dense_bk64": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3,TMA=1",
-    "32k_dense_bk128": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=1",
-    "32k_sparse10": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3,TMA=1",
-    "32k_psa_mix": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3,TMA=1",
-    "32k_level": "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3,TMA=1",
-    "110k_dense_bk64": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=1",
-    "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=3,TMA=1",
+    "32k_dense_bk64": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_dense_bk128": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
+    "32k_sparse10": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_psa_mix": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_level": "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=2,TMA=1",
+    "110k_dense_bk64": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
+    "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
 }
-GLUON_VARIANTS = [dict(block_n=128, stages=2), dict(block_n=128, stages=3)]
+# 3 stages: wrong results with the pooled-level kernel on H200 (see spbench.kernels.pyramid_gluon), refused
+GLUON_VARIANTS = [dict(block_n=128, stages=2), dict(block_n=64, stages=2)]
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
@@ -44,17 +45,16 @@ def check_cases():
     cases = []
     for bk in (64, 128):
         for bn in (64, 128):
-            for stages in (2, 3):
-                cases.append(dict(lq=300, lk=333, bk=bk, bn=bn, stages=stages))
+            cases.append(dict(lq=300, lk=333, bk=bk, bn=bn, stages=2))
     cases += [
         dict(lq=257, lk=640, bk=64, bn=128, stages=2, dtype="float16", d=64, hq=4, hkv=2),
         dict(lq=256, lk=190, bk=128, bn=128, stages=2, epilogue=True, bq=256),
         dict(lq=384, lk=1000, bk=64, bn=128, stages=2, empty=True, dense=True),
-        dict(lq=129, lk=4097, bk=64, bn=128, stages=3, dtype="float16"),
+        dict(lq=129, lk=4097, bk=64, bn=128, stages=2, dtype="float16"),
         dict(lq=300, lk=333, bk=64, bn=128, stages=2, pooled=True),
-        dict(lq=300, lk=1001, bk=128, bn=128, stages=3, pooled=True, hq=4, hkv=2),
+        dict(lq=300, lk=1001, bk=128, bn=128, stages=2, pooled=True, hq=4, hkv=2),
         dict(lq=257, lk=517, bk=128, bn=64, stages=2, pooled=True, dtype="float16", d=64, empty=True),
-        dict(lq=256, lk=700, bk=64, bn=64, stages=3, pooled=True, epilogue=True, bq=256),
+        dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256),
         dict(lq=1000, lk=2049, bk=64, bn=128, stages=2, pooled=True, hq=2, hkv=2),
     ]
     return cases
@@ -71,7 +71,7 @@ def run_case(c):
     from spbench.kernels.reference import pyramid_attention_reference
     from spbench.plan import Plan
 
-    tuning.pin_config("BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3,TMA=0")  # no autotuning in the check
+    tuning.pin_config("BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=0")  # no autotuning in the check
     t0 = time.time()
     try:
         dtype = getattr(torch, c.get("dtype", "bfloat16"))

@@ -29,6 +29,9 @@ How the work is laid out (the choices the papers leave open):
   K/V copies waited on: 26% slower at 64-row tiles on H100). Contiguous
   tiles can use TMA descriptors; pooled levels may use their own tile
   height (``BLOCK_NP``), which avoids register spills at 128-row tiles.
+* On sm_90 ``run_plan`` sends non-causal fp16/bf16 level-1 plans to the
+  warp-specialized Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`),
+  ~1.25x this kernel on H200; ``kernel=`` / ``SPBENCH_EXECUTOR_KERNEL``.
 * Measured and rejected (H200, triton 3.6, results/reference/
   executor_bench_h200_fused_variants.json): one fused loop over all
   levels with per-tile level selects (level-1 tiles ~25% slower, the mix
@@ -359,7 +362,8 @@ def run_plan(
     is contiguous, else through a temporary.
     ``kernel``: ``"auto"`` (default; ``SPBENCH_EXECUTOR_KERNEL`` overrides the
     default): the Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`) on sm_90
-    for the calls it supports, this Triton kernel otherwise; ``"triton"`` /
+    for the calls it supports whose levels are in its ``AUTO_LEVEL_MASK``
+    (level 1 only, for now), this Triton kernel otherwise; ``"triton"`` /
     ``"gluon"`` force one (``"gluon"`` raises when the call is unsupported).
     """
     if plan.is_dense:
@@ -455,6 +459,8 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, ke
     reason = pyramid_gluon.unsupported(q, k, v, plan)
     if choice == "gluon" and reason:
         raise SpbenchError(f"kernel='gluon' requested but the Gluon path {reason}")
+    if choice == "auto" and schedule_for(plan).level_mask & ~pyramid_gluon.AUTO_LEVEL_MASK:
+        return False  # levels where the Gluon path is not measured faster
     return reason is None
 
 
