@@ -1,5 +1,5 @@
-"""EXPERIMENTAL Gluon (Hopper, sm_90) kernel of the level-1 fast path; host code in
-:mod:`spbench.kernels.pyramid_gluon` (its docstring explains the design).
+"""The Gluon (Hopper, sm_90) kernel of the executor's warp-specialized path (levels 1/2/4/8,
+non-causal); host code, design notes and known limits in :mod:`spbench.kernels.pyramid_gluon`.
 
 This module imports only triton (no torch, no spbench), so the kernel can be
 compiled for sm_90 on a machine without a GPU: :func:`compile_sm90`.
