@@ -29,6 +29,9 @@ How the work is laid out (the choices the papers leave open):
   K/V copies waited on: 26% slower at 64-row tiles on H100). Contiguous
   tiles can use TMA descriptors; pooled levels may use their own tile
   height (``BLOCK_NP``), which avoids register spills at 128-row tiles.
+* On sm_90 ``run_plan`` sends non-causal fp16/bf16 level-1 plans to the
+  warp-specialized Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`),
+  ~1.25x this kernel on H200; ``kernel=`` / ``SPBENCH_EXECUTOR_KERNEL``.
 * Measured and rejected (H200, triton 3.6, results/reference/
   executor_bench_h200_fused_variants.json): one fused loop over all
   levels with per-tile level selects (level-1 tiles ~25% slower, the mix
@@ -346,8 +349,9 @@ def run_plan(
     return_lse: bool = False,
     pyramid: Pyramid | None = None,
     out: torch.Tensor | None = None,
+    kernel: str | None = None,
 ):
-    """Run ``plan`` with the Triton kernel. Returns ``out`` (q's dtype) or ``(out, lse)``.
+    """Run ``plan`` with the Triton kernel (or the Gluon one). Returns ``out`` (q's dtype) or ``(out, lse)``.
 
     ``pyramid``: a :class:`~spbench.kernels.pool.Pyramid` built from these
     k/v to reuse (else ``plan.extras['pyramid']`` if it matches, else one is
@@ -356,15 +360,24 @@ def run_plan(
     ``transpose(1, 2)`` view of a ``[B, Lq, Hq, D]`` buffer), written in
     place and returned; the kernel stores straight into it when its last dim
     is contiguous, else through a temporary.
+    ``kernel``: ``"auto"`` (default; ``SPBENCH_EXECUTOR_KERNEL`` overrides the
+    default): the Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`) on sm_90
+    for the calls it supports whose levels are in its ``AUTO_LEVEL_MASK``
+    (level 1 only, for now), this Triton kernel otherwise; ``"triton"`` /
+    ``"gluon"`` force one (``"gluon"`` raises when the call is unsupported).
     """
     if plan.is_dense:
         raise SpbenchError("a dense plan has no block map; run dense attention instead")
     _check(q, k, v, plan)
     check_out(q, out)
     if out is not None and not _store_ok(out):
-        result = run_plan(q, k, v, plan, scale=scale, return_lse=return_lse, pyramid=pyramid)
+        result = run_plan(q, k, v, plan, scale=scale, return_lse=return_lse, pyramid=pyramid, kernel=kernel)
         out.copy_(result[0] if return_lse else result)
         return (out, result[1]) if return_lse else out
+    if _use_gluon(q, k, v, plan, kernel):
+        from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: PLC0415
+
+        return run_plan_gluon(q, k, v, plan, scale=scale, return_lse=return_lse, pyramid=pyramid, out=out)
     bsz, hq, lq, d = q.shape
     hkv, lk = k.shape[1], k.shape[2]
     scale = d**-0.5 if scale is None else float(scale)
@@ -428,6 +441,27 @@ def run_plan(
     cfg = tuning.select(key, d, plan.block_q, _interpreting() or q.device.type != "cuda", lambda c: event_ms(lambda: launch(c), q.device))
     launch(cfg)
     return (out, lse) if return_lse else out
+
+
+KERNEL_ENV = "SPBENCH_EXECUTOR_KERNEL"
+KERNELS = ("auto", "triton", "gluon")
+
+
+def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, kernel: str | None) -> bool:
+    """Whether this call runs the Gluon kernel (see ``run_plan``'s ``kernel``)."""
+    choice = (kernel or os.environ.get(KERNEL_ENV, "") or "auto").strip().lower()
+    if choice not in KERNELS:
+        raise SpbenchError(f"kernel={choice!r} (or {KERNEL_ENV}) must be one of {', '.join(KERNELS)}")
+    if choice == "triton" or (choice == "auto" and (_interpreting() or q.device.type != "cuda")):
+        return False
+    from spbench.kernels import pyramid_gluon  # noqa: PLC0415
+
+    reason = pyramid_gluon.unsupported(q, k, v, plan)
+    if choice == "gluon" and reason:
+        raise SpbenchError(f"kernel='gluon' requested but the Gluon path {reason}")
+    if choice == "auto" and schedule_for(plan).level_mask & ~pyramid_gluon.AUTO_LEVEL_MASK:
+        return False  # levels where the Gluon path is not measured faster
+    return reason is None
 
 
 def _tma_ok(tensors: list[torch.Tensor]) -> bool:

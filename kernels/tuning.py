@@ -186,10 +186,16 @@ _last_timings: dict[tuple, dict[str, float]] = {}
 
 def _record(cfg: KernelConfig, source: str, key: tuple) -> KernelConfig:
     _last.clear()
-    _last.update({"config": cfg.label(), "source": source, "key": list(map(str, key)), **asdict(cfg)})
+    _last.update({"config": cfg.label(), "source": source, "kernel": "triton", "key": list(map(str, key)), **asdict(cfg)})
     if key in _last_timings:
         _last["tuning_ms"] = _last_timings[key]
     return cfg
+
+
+def record_launch(label: str, source: str, **fields: Any) -> None:
+    """Record a launch made outside :func:`select` (the Gluon path) for :func:`chosen_config`."""
+    _last.clear()
+    _last.update({"config": label, "source": source, **fields})
 
 
 def chosen_config() -> dict[str, Any]:

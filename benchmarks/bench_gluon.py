@@ -1,0 +1,355 @@
+"""GPU check + benchmark of the Gluon path (spbench.kernels.pyramid_gluon) against the Triton kernel and cuDNN.
+
+    python benchmarks/bench_gluon.py --out $OUT/gluon_bench.json [--no-long] [--phases prep,time32,time110]
+
+Each phase runs in a child process with a time limit (a hung warp-specialized
+kernel must not eat the whole device slot): ``prep`` (in parallel worker
+processes: small ragged shapes vs the PyTorch reference and the Triton
+kernel, ``run_plan``'s kernel dispatch, and compiling every timed variant
+at a small shape into Triton's cache), ``time32`` (32k x 12 heads:
+dense bk64/bk128, binary 0.10, the pyramid mix 1:0.10,2:0.05,8:0.20 with
+the pyramid prebuilt, a per-level cost table at 40% of the blocks) and
+``time110`` (110k x 40 heads: dense, binary 0.10). bf16, d=128, batch 1, non-causal; CUDA events, L2 flushed, median.
+Results (ms, TFLOP/s, ratio vs the fastest SDPA backend and vs the Triton
+kernel) go to one JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+# Triton configs pinned per case (the autotuner's picks on H200, results/reference/executor_bench_h200*.json)
+TRITON_CFG = {
+    "32k_dense_bk64": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_dense_bk128": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
+    "32k_sparse10": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_psa_mix": "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=1",
+    "32k_level": "BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=2,TMA=1",
+    "110k_dense_bk64": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
+    "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
+}
+# 3 stages: wrong results with the pooled-level kernel on H200 (see spbench.kernels.pyramid_gluon), refused
+GLUON_VARIANTS = [dict(block_n=128, stages=2), dict(block_n=64, stages=2)]
+PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
+
+
+def check_cases():
+    cases = []
+    for bk in (64, 128):
+        for bn in (64, 128):
+            cases.append(dict(lq=300, lk=333, bk=bk, bn=bn, stages=2))
+    cases += [
+        dict(lq=257, lk=640, bk=64, bn=128, stages=2, dtype="float16", d=64, hq=4, hkv=2),
+        dict(lq=256, lk=190, bk=128, bn=128, stages=2, epilogue=True, bq=256),
+        dict(lq=384, lk=1000, bk=64, bn=128, stages=2, empty=True, dense=True),
+        dict(lq=129, lk=4097, bk=64, bn=128, stages=2, dtype="float16"),
+        dict(lq=300, lk=333, bk=64, bn=128, stages=2, pooled=True),
+        dict(lq=300, lk=1001, bk=128, bn=128, stages=2, pooled=True, hq=4, hkv=2),
+        dict(lq=257, lk=517, bk=128, bn=64, stages=2, pooled=True, dtype="float16", d=64, empty=True),
+        dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256),
+        dict(lq=1000, lk=2049, bk=64, bn=128, stages=2, pooled=True, hq=2, hkv=2),
+    ]
+    return cases
+
+
+def run_case(c):
+    """One GPU correctness case: the Gluon path vs the PyTorch reference (and the Triton kernel)."""
+    import torch
+
+    from bench_executor import qkv  # noqa: PLC0415
+    from spbench.kernels import tuning
+    from spbench.kernels.pyramid_gluon import run_plan_gluon
+    from spbench.kernels.pyramid_triton import run_plan
+    from spbench.kernels.reference import pyramid_attention_reference
+    from spbench.plan import Plan
+
+    tuning.pin_config("BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=0")  # no autotuning in the check
+    t0 = time.time()
+    try:
+        dtype = getattr(torch, c.get("dtype", "bfloat16"))
+        b, hq, hkv, d, bq = 2, c.get("hq", 3), c.get("hkv", 3), c.get("d", 128), c.get("bq", 128)
+        q, k, v = qkv(b, hq, hkv, c["lq"], c["lk"], d, dtype, seed=1)
+        nq, nk = -(-c["lq"] // bq), -(-c["lk"] // c["bk"])
+        g = torch.Generator(device="cuda").manual_seed(2)
+        levels = (torch.rand(b, hq, nq, nk, device="cuda", generator=g) < 0.6).long()
+        if c.get("pooled"):
+            levels = levels * torch.tensor([1, 2, 4, 8], device="cuda")[torch.randint(0, 4, levels.shape, device="cuda", generator=g)]
+        if c.get("dense"):
+            levels = torch.ones_like(levels)
+        if c.get("empty"):
+            levels[:, :, 1] = 0
+        extras = {}
+        if c.get("epilogue"):
+            extras["row_scale"] = torch.rand(b, hq, nq, device="cuda", generator=g) + 0.5
+            extras["compensation"] = torch.randn(b, hq, nq, d, device="cuda", generator=g)
+        plan = Plan.from_levels(levels, c["lq"], c["lk"], bq, c["bk"], False, extras=extras)
+        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"])
+        torch.cuda.synchronize()
+        ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, c["bk"], False, row_scale=extras.get("row_scale"),
+                                                compensation=extras.get("compensation"), return_lse=True)
+        tri = run_plan(q, k, v, plan, kernel="triton")
+        err = (out.float() - ref).abs().max().item()
+        err_tri = (out.float() - tri.float()).abs().max().item()
+        fin = torch.isfinite(rlse)
+        same_inf = bool(torch.equal(fin, torch.isfinite(lse)))
+        lse_err = (lse[fin] - rlse[fin]).abs().max().item() if fin.any() else 0.0
+        tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
+        ok = err < tol and lse_err < 1e-2 and same_inf and not out.isnan().any().item()
+        return dict(case=c, ok=bool(ok), err=err, err_vs_triton=err_tri, lse_err=lse_err, same_inf=same_inf, secs=round(time.time() - t0, 1))
+    except Exception as exc:  # noqa: BLE001
+        return dict(case=c, ok=False, error=f"{type(exc).__name__}: {exc}"[:600], secs=round(time.time() - t0, 1))
+
+
+def run_dispatch():
+    """run_plan's kernel switch on sm_90: auto picks Gluon for its set, Triton for the rest; a strided out."""
+    import torch
+
+    from bench_executor import qkv  # noqa: PLC0415
+    from spbench.kernels import tuning
+    from spbench.kernels.pyramid_triton import run_plan
+    from spbench.plan import Plan
+
+    t0 = time.time()
+    try:
+        q, k, v = qkv(1, 2, 2, 500, 500, 128, torch.bfloat16, seed=3)
+        g = torch.Generator(device="cuda").manual_seed(4)
+        lv = (torch.rand(1, 2, 4, 8, device="cuda", generator=g) < 0.6).long() * 2
+        lv[..., 0] = 1
+        plan = Plan.from_levels(lv, 500, 500, 128, 64, False)
+        tuning.pin_config("BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2,TMA=0")
+        tri = run_plan(q, k, v, plan, kernel="triton")
+        k_tri = tuning.chosen_config()["kernel"]
+        auto = run_plan(q, k, v, plan)
+        k_auto = tuning.chosen_config()["kernel"]
+        out = torch.empty(1, 500, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        run_plan(q, k, v, plan, out=out, kernel="gluon")
+        causal = Plan.from_levels(lv, 500, 500, 128, 64, True)
+        run_plan(q, k, v, causal)
+        k_causal = tuning.chosen_config()["kernel"]
+        err = max((auto.float() - tri.float()).abs().max().item(), (out.float() - tri.float()).abs().max().item())
+        ok = k_tri == "triton" and k_auto == "gluon" and k_causal == "triton" and err < 3e-2
+        return dict(case="dispatch", ok=ok, kernels=[k_tri, k_auto, k_causal], err=err, secs=round(time.time() - t0, 1))
+    except Exception as exc:  # noqa: BLE001
+        return dict(case="dispatch", ok=False, error=f"{type(exc).__name__}: {exc}"[:600], secs=round(time.time() - t0, 1))
+
+
+def warm(spec):
+    """Compile one timed variant at a small shape (same specialisation) into Triton's disk cache."""
+    import torch
+
+    from bench_executor import make_plan, qkv  # noqa: PLC0415
+    from spbench.kernels import tuning
+    from spbench.kernels.pool import build_pyramid
+    from spbench.kernels.pyramid_gluon import run_plan_gluon
+    from spbench.kernels.pyramid_triton import run_plan
+
+    t0 = time.time()
+    try:
+        q, k, v = qkv(1, 2, 2, 2048, 2048, 128, torch.bfloat16)
+        plan = make_plan(1, 2, 2048, 2048, 128, spec["bk"], {int(p): f for p, f in spec["mix"].items()})
+        pyr = build_pyramid(k, v)
+        if spec["kind"] == "triton":
+            tuning.pin_config(spec["cfg"])
+            run_plan(q, k, v, plan, pyramid=pyr, kernel="triton")
+        else:
+            run_plan_gluon(q, k, v, plan, pyramid=pyr, block_n=spec["bn"], stages=spec["stages"])
+        torch.cuda.synchronize()
+        return dict(case=spec, ok=True, warm=True, secs=round(time.time() - t0, 1))
+    except Exception as exc:  # noqa: BLE001
+        return dict(case=spec, ok=False, warm=True, error=f"{type(exc).__name__}: {exc}"[:600], secs=round(time.time() - t0, 1))
+
+
+def warm_specs():
+    specs = []
+    mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)]
+    for bk, mix in mixes:
+        for var in GLUON_VARIANTS:
+            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=var["block_n"], stages=var["stages"]))
+    for p in (2, 4, 8):
+        specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=128, stages=2))
+    for name, cfg in TRITON_CFG.items():
+        bk = 128 if "bk128" in name else 64
+        mixes = {"psa_mix": [PSA_MIX], "level": [{p: 0.4} for p in (1, 2, 4, 8)]}
+        for mix in next((m for key, m in mixes.items() if key in name), [{1: 1.0}]):
+            specs.append(dict(kind="triton", bk=bk, mix=mix, cfg=cfg))
+    return specs
+
+
+def _job(task):
+    import torch
+
+    torch.cuda.set_device(0)
+    kind, payload = task
+    return {"check": run_case, "dispatch": lambda _: run_dispatch(), "warm": warm}[kind](payload)
+
+
+def phase_prep(workers: int):
+    """Correctness cases, the dispatch check and compile warm-up, in parallel worker processes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    tasks = [("check", c) for c in check_cases()] + [("dispatch", None)] + [("warm", s) for s in warm_specs()]
+    results = []
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_job, t) for t in tasks]
+        for fut in as_completed(futures):
+            r = fut.result()
+            results.append(r)
+            print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str)[:400], flush=True)
+    checks = [r for r in results if not r.get("warm")]
+    return {"correctness": checks, "passed": sum(r["ok"] for r in checks), "total": len(checks),
+            "warm_failed": [r for r in results if r.get("warm") and not r["ok"]]}
+
+
+def phase_time(long: bool):
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bench_executor import bench, make_plan, qkv  # noqa: PLC0415
+    from spbench.kernels import tuning
+    from spbench.kernels.pool import build_pyramid
+    from spbench.kernels.pyramid_gluon import run_plan_gluon
+    from spbench.kernels.pyramid_triton import run_plan
+
+    L, H = (110000, 40) if long else (32768, 12)
+    tag = "110k" if long else "32k"
+    reps = 3 if long else 15
+    q, k, v = qkv(1, H, H, L, L, 128, torch.bfloat16)
+    full_flops = 4.0 * L * L * 128 * H
+    rec: dict = {"shape": dict(L=L, H=H, D=128, dtype="bfloat16", batch=1, causal=False)}
+
+    sd = {}
+    backends = (("cudnn", SDPBackend.CUDNN_ATTENTION),) + (() if long else (("flash", SDPBackend.FLASH_ATTENTION),))
+    for name, be in backends:
+        try:
+            with sdpa_kernel([be]):
+                sd[name] = bench(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), reps)[0]
+        except Exception as exc:  # noqa: BLE001
+            sd[name] = f"unavailable: {str(exc)[:100]}"
+    rec["sdpa_ms"] = sd
+    base = min(t for t in sd.values() if isinstance(t, float))
+    rec["sdpa_best_ms"] = base
+    rec["sdpa_tflops"] = full_flops / base / 1e9
+    print(f"{tag} sdpa {sd}", flush=True)
+
+    pyr = None if long else build_pyramid(k, v)
+    cases = [("dense_bk64", 64, {1: 1.0})] + ([] if long else [("dense_bk128", 128, {1: 1.0})]) + [("sparse10", 64, {1: 0.10})]
+    if not long:
+        cases.append(("psa_mix", 64, PSA_MIX))
+    for name, bk, mix in cases:
+        plan = make_plan(1, H, L, L, 128, bk, mix)
+        flops = full_flops * plan.density  # density: area-weighted (a level-p block counts 1/p)
+        row = {"density": plan.density}
+        tuning.pin_config(TRITON_CFG[f"{tag}_{name}"])
+        try:
+            tri_out = run_plan(q, k, v, plan, pyramid=pyr, kernel="triton")
+            t_tri = bench(lambda: run_plan(q, k, v, plan, pyramid=pyr, kernel="triton"), reps)[0]
+        finally:
+            tuning.pin_config(None)
+        row["triton"] = {"ms": t_tri, "tflops": flops / t_tri / 1e9, "vs_sdpa": base / t_tri, "config": TRITON_CFG[f"{tag}_{name}"]}
+        best = None
+        for var in GLUON_VARIANTS:
+            label = f"gluon_bn{var['block_n']}_s{var['stages']}"
+            try:
+                out = run_plan_gluon(q, k, v, plan, pyramid=pyr, **var)
+                torch.cuda.synchronize()
+                err = (out.float() - tri_out.float()).abs().max().item()
+                t = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
+                row[label] = {"ms": t, "tflops": flops / t / 1e9, "vs_sdpa": base / t, "vs_triton": t_tri / t, "max_err_vs_triton": err}
+                if best is None or t < row[best]["ms"]:
+                    best = label
+            except Exception as exc:  # noqa: BLE001
+                row[label] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+            print(f"{tag} {name} {label}: {row[label]}", flush=True)
+        row["gluon_best"] = best
+        print(f"{tag} {name}: triton {t_tri:.3f} ms ({base / t_tri:.3f}x sdpa); best gluon {best}: "
+              f"{row[best]['ms'] if best else float('nan'):.3f} ms" if best else f"{tag} {name}: gluon failed", flush=True)
+        rec[name] = row
+        del plan
+    if not long:
+        # per-level cost: 40% of each row's blocks at one level (x p: 1.0 = perfectly proportional)
+        cost = {"triton_config": TRITON_CFG["32k_level"]}
+        for p in (1, 2, 4, 8):
+            plan = make_plan(1, H, L, L, 128, 64, {p: 0.4})
+            tuning.pin_config(TRITON_CFG["32k_level"])
+            try:
+                t_tri = bench(lambda: run_plan(q, k, v, plan, pyramid=pyr, kernel="triton"), reps)[0]
+            finally:
+                tuning.pin_config(None)
+            t_gl = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]
+            cost[p] = {"triton_ms": t_tri, "gluon_ms": t_gl}
+        for p in (1, 2, 4, 8):
+            cost[p]["triton_x_p"] = cost[p]["triton_ms"] / cost[1]["triton_ms"] * p
+            cost[p]["gluon_x_p"] = cost[p]["gluon_ms"] / cost[1]["gluon_ms"] * p
+        rec["level_cost_bk64"] = cost
+        print(f"{tag} level cost: {cost}", flush=True)
+    return rec
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gluon_bench.json"))
+    ap.add_argument("--no-long", action="store_true")
+    ap.add_argument("--phase", default="")
+    ap.add_argument("--phases", default="prep,time32,time110")
+    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--check-timeout", type=float, default=90)
+    ap.add_argument("--time-timeout", type=float, default=100)
+    args = ap.parse_args()
+    if args.phase:
+        res = phase_prep(args.workers) if args.phase == "prep" else phase_time(args.phase == "time110")
+        print("RESULT-JSON " + json.dumps(res, default=str), flush=True)
+        return
+
+    import torch
+    import triton
+
+    record = {"env": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "triton": triton.__version__,
+                      "cuda": torch.version.cuda, "date": time.strftime("%Y-%m-%d %H:%M:%S")}}
+
+    def save():
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as fh:
+            json.dump(record, fh, indent=1, default=str)
+
+    wanted = [p for p in args.phases.split(",") if p and not (args.no_long and p == "time110")]
+    phases = [(p, args.check_timeout if p == "prep" else args.time_timeout) for p in wanted]
+    for phase, limit in phases:
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--phase", phase, "--workers", str(args.workers)], capture_output=True, text=True,
+                                  timeout=limit)
+            text, status = proc.stdout + proc.stderr, f"rc={proc.returncode}"
+        except subprocess.TimeoutExpired as exc:
+            text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            status = f"timeout after {limit}s"
+        print(f"== phase {phase}: {status} in {time.time() - t0:.0f}s", flush=True)
+        result = None
+        partial = []
+        for line in text.splitlines():
+            if line.startswith("RESULT-JSON "):
+                result = json.loads(line[len("RESULT-JSON "):])
+            else:
+                print("   " + line[:300], flush=True)
+                if line.startswith(("PASS ", "FAIL ")):
+                    partial.append(line[:600])
+        if result is None and partial:  # timed out part-way: keep what finished
+            result = {"partial": partial, "passed": sum(x.startswith("PASS") for x in partial), "total": len(partial)}
+        record[phase] = {"status": status, "secs": round(time.time() - t0, 1), "result": result, "log_tail": text[-3000:] if result is None else ""}
+        save()
+        if phase == "prep" and result is not None and result["passed"] == 0:
+            print("no Gluon case passed: skipping the timings", flush=True)
+            break
+    print("saved", args.out)
+
+
+if __name__ == "__main__":
+    main()

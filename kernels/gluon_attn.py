@@ -1,0 +1,344 @@
+"""The Gluon (Hopper, sm_90) kernel of the executor's warp-specialized path (levels 1/2/4/8,
+non-causal); host code, design notes and known limits in :mod:`spbench.kernels.pyramid_gluon`.
+
+This module imports only triton (no torch, no spbench), so the kernel can be
+compiled for sm_90 on a machine without a GPU: :func:`compile_sm90`.
+"""
+
+from __future__ import annotations
+
+try:  # Gluon is experimental: its absence (or an older API) only disables this path.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAVE_GLUON = all(hasattr(gl, name) for name in ("warp_specialize", "NVMMADistributedLayout", "allocate_shared_memory")) and hasattr(
+        tma, "async_copy_global_to_shared"
+    )
+except Exception:  # noqa: BLE001 - any import problem means "no Gluon"
+    HAVE_GLUON = False
+
+#: query rows per program (two consumer warpgroups of 64 rows)
+BLOCK_M = 128
+SUB_M = 64
+#: per-partition register budgets (setmaxnreg): consumers, loader
+CONSUMER_REGS = 240
+LOADER_REGS = 24
+MAXNREG = 168  # 12 warps x 32 threads x 168 <= 64K registers
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _load_tile(desc, bufs, ready, empty, idx_ptr, n, tl, t, row0,
+                   R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        """TMA-load the rows of tile tl of one level (ring slot t % STAGES) once both consumers freed the slot.
+
+        An entry owns R rows of its level's tensor; one TMA load moves
+        ``LR = min(R, BLOCK_N)`` rows (the descriptor's box), so a tile is
+        BLOCK_N // LR loads of LR rows into consecutive row slices.
+        """
+        LR: gl.constexpr = desc.block_type.shape[0]
+        slot = t % STAGES
+        mbarrier.wait(empty.index(slot), ((t // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(slot), desc.block_type.nbytes * (BLOCK_N // LR))
+        for j in gl.static_range(BLOCK_N // LR):
+            g = tl * BLOCK_N + j * LR
+            # Past the last entry (a tile's unfilled tail): reload the last entry; the consumer masks it.
+            e = gl.minimum(g // R, n - 1)
+            blk = gl.load(idx_ptr + e).to(gl.int32)
+            tma.async_copy_global_to_shared(desc, [row0 + blk * R + g % R, 0], ready.index(slot), bufs.index(slot).slice(j * LR, LR))
+
+    @gluon.jit
+    def _load_level(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_ptr, n, n_tiles, t0, row0,
+                    R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        for tl in range(n_tiles):
+            _load_tile(k_desc, k_bufs, k_ready, k_empty, idx_ptr, n, tl, t0 + tl, row0, R, BLOCK_N, STAGES)
+            _load_tile(v_desc, v_bufs, v_ready, v_empty, idx_ptr, n, tl, t0 + tl, row0, R, BLOCK_N, STAGES)
+        return t0 + n_tiles
+
+    @gluon.jit
+    def _loader(k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row,
+                n1, n2, n4, n8, t1, t2, t4, t8, kvh, kv_len, len2, len4, len8,
+                BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
+        """1 warp: walks levels 1, 2, 4, 8 in the schedule's order; one global tile counter drives the rings."""
+        t = 0
+        if LEVEL_MASK & 1:
+            t = _load_level(k1, v1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row, n1, t1, t, kvh * kv_len,
+                            BLOCK_KV, BLOCK_N, STAGES)
+        if LEVEL_MASK & 2:
+            t = _load_level(k2, v2, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1, n2, t2, t, kvh * len2,
+                            BLOCK_KV // 2, BLOCK_N, STAGES)
+        if LEVEL_MASK & 4:
+            t = _load_level(k4, v4, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2, n4, t4, t, kvh * len4,
+                            BLOCK_KV // 4, BLOCK_N, STAGES)
+        if LEVEL_MASK & 8:
+            t = _load_level(k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2 + n4, n8, t8, t, kvh * len8,
+                            BLOCK_KV // 8, BLOCK_N, STAGES)
+
+    @gluon.jit
+    def _pick(lvl, a0, a1, a2, a3):
+        """The per-level scalar of level rank ``lvl`` (0..3)."""
+        return gl.where(lvl == 0, a0, gl.where(lvl == 1, a1, gl.where(lvl == 2, a2, a3)))
+
+    @gluon.jit
+    def _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row,
+                BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, s_layout: gl.constexpr):
+        """Raw scores of a tile that needs masks: + log2(group size)/scale per pooled key, -inf past the
+        level's entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
+
+        The level's entry count and start are re-read from the count row here
+        (masked tiles are few; keeping them live would cost consumer registers).
+        """
+        n0 = gl.load(cnt + 0)
+        n1 = gl.load(cnt + 1)
+        n2 = gl.load(cnt + 2)
+        n_l = _pick(lvl, n0, n1, n2, gl.load(cnt + 3))
+        start_l = _pick(lvl, 0, n0, n0 + n1, n0 + n1 + n2)
+        r = BLOCK_KV >> lvl  # rows per entry at this level
+        c = tl * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        e = c // r
+        blk = gl.load(idx_row + start_l + gl.minimum(e, n_l - 1)).to(gl.int32)
+        first = ((blk * r + c % r) << lvl)  # first key position of the pooled row
+        size = gl.minimum(kv_len - first, 1 << lvl)
+        ok = (e < n_l) & (size > 0)
+        bias = gl.log2(gl.maximum(size, 1).to(gl.float32)) * inv_scale
+        return gl.where(gl.expand_dims(ok, 0), s + gl.expand_dims(bias, 0), float("-inf"))
+
+    @gluon.jit
+    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_smem, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+              cnt, kv_len, qk_scale, inv_scale, idx_row,
+              MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
+              s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+        """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
+
+        Clean tiles run the softmax of S_t while the PV wgmma is in flight.
+        Masked tiles (few) first let the PV wgmma finish: its register
+        operand P_{t-1} is then dead, which leaves room for the per-column
+        mask/bias vectors without spilling.
+        """
+        slot = t % STAGES
+        prev = (t - 1) % STAGES
+        mbarrier.wait(k_ready.index(slot), (t // STAGES) & 1)
+        s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(prev), ((t - 1) // STAGES) & 1)
+        o_tok = warpgroup_mma(p_op, v_bufs.index(prev), acc, is_async=True)
+        if MASKED:
+            s, acc = warpgroup_mma_wait(0, deps=[s_tok, o_tok])
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            mbarrier.arrive(v_empty.index(prev), count=1)
+            s = _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        else:
+            s = warpgroup_mma_wait(1, deps=[s_tok])  # S done; PV may still run
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            shift = lvl.to(gl.float32)  # + log2(p) of a clean pooled tile, folded into max and shift
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
+            p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_new, 1))
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        if not MASKED:
+            acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+            mbarrier.arrive(v_empty.index(prev), count=1)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+        return acc, p_op, m_new, l_i
+
+    @gluon.jit
+    def _consumer(Q, Out, Lse, RowScale, Comp, idx_row, cnt, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  t1, t2, t4, t8, f1, f2, f4, f8,
+                  row, b, h, bh, q_start, q_len, kv_len, qk_scale,
+                  sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                  WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, D: gl.constexpr,
+                  STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr):
+        """One warpgroup: softmax(Q K^T) V for its 64 query rows over every tile of every level.
+
+        Tiles are numbered across levels (the loader's order); tile t is of
+        level rank lvl, local tile tl. Clean tiles add log2(p) = lvl to the
+        row max and the shift (no per-element cost); the others go through
+        :func:`_masked`.
+        """
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        q_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[4, 1], order=[1, 0])
+        dtype: gl.constexpr = q_smem.dtype
+
+        # Q rows of this warpgroup -> shared memory (pointer loads: any strides).
+        r0 = q_start + WG * SUB_M
+        q_rows = r0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, q_layout))
+        q_cols = gl.arange(0, D, layout=gl.SliceLayout(0, q_layout))
+        q_ptr = Q + b.to(gl.int64) * sq_b + h.to(gl.int64) * sq_h
+        qv = gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(q_rows < q_len, 1), other=0.0)
+        q_smem.store(qv)
+        fence_async_shared()
+
+        # Tile ranges of the levels: [0, c1) level 1, [c1, c2) level 2, [c2, c3) level 4, [c3, total) level 8.
+        c1 = t1
+        c2 = c1 + t2
+        c3 = c2 + t4
+        total = c3 + t8
+        # tile t of level rank lvl is clean while t < e[lvl]
+        e1 = f1
+        e2 = c1 + f2
+        e4 = c2 + f4
+        e8 = c3 + f8
+        inv_scale = 1.0 / qk_scale
+
+        zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
+        m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
+        l_i = gl.zeros([SUB_M], gl.float32, gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([SUB_M, D], gl.float32, o_layout)
+        if total > 0:
+            # Tile 0: S only (there is no previous P to multiply yet).
+            mbarrier.wait(k_ready.index(0), 0)
+            tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=[tok])
+            mbarrier.arrive(k_empty.index(0), count=1)
+            lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
+            shift = lvl.to(gl.float32)
+            if _pick(lvl, e1, e2, e4, e8) == 0:
+                s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                shift = 0.0
+            m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
+            p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
+            l_i = gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            for t in range(1, total):
+                lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
+                if t >= _pick(lvl, e1, e2, e4, e8):
+                    acc, p_op, m_i, l_i = _step(t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_smem, zero_s,
+                                                k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                else:
+                    acc, p_op, m_i, l_i = _step(t, lvl, 0, acc, p_op, m_i, l_i, q_smem, zero_s,
+                                                k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+            last = (total - 1) % STAGES
+            mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
+            o_tok = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
+            acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+            mbarrier.arrive(v_empty.index(last), count=1)
+
+        # Epilogue: normalise, row_scale / compensation, store; rows that saw nothing give zeros.
+        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+        seen = l_o > 0.0
+        out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
+        o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        if HAS_SCALE:
+            out = out * gl.load(RowScale + row)
+        if HAS_COMP:
+            out = out + gl.expand_dims(gl.load(Comp + row * D + o_cols), 0)
+        o_rows = r0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
+        o_ptr = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
+        gl.store(o_ptr + gl.expand_dims(o_rows, 1) * so_l + gl.expand_dims(o_cols, 0), out.to(dtype), mask=gl.expand_dims(o_rows < q_len, 1))
+        if RETURN_LSE:
+            m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
+            lse = gl.where(seen, (m_o + gl.log2(gl.where(seen, l_o, 1.0))) * 0.6931471805599453, float("-inf"))
+            gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse, mask=o_rows < q_len)
+
+    @gluon.jit
+    def _tiles(n, R: gl.constexpr, BLOCK_N: gl.constexpr):
+        return (n * R + BLOCK_N - 1) // BLOCK_N
+
+    @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width"])
+    def _gluon_fwd(
+        Q, k1, v1, k2, v2, k4, v4, k8, v8, Out, Lse, RowScale, Comp, Idx, Count,
+        qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width,
+        sq_b, sq_h, sq_l, so_b, so_h, so_l,
+        BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
+        STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
+    ):
+        SUB_M: gl.constexpr = 64
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = bh // num_heads
+        h = bh % num_heads
+        kvh = b * (num_heads // group) + h // group  # KV head: its rows in the [B*Hkv*L_p, D] views
+        q_start = pid_m * (2 * SUB_M)
+        row = bh.to(gl.int64) * num_qb + q_start // BLOCK_Q
+        idx_row = Idx + row * width
+        cnt = Count + row * 8
+        n1 = gl.load(cnt + 0)
+        n2 = gl.load(cnt + 1)
+        n4 = gl.load(cnt + 2)
+        n8 = gl.load(cnt + 3)
+        # tiles per level, and how many of them hold only clean (unmasked) entries
+        t1 = _tiles(n1, BLOCK_KV, BLOCK_N)
+        t2 = _tiles(n2, BLOCK_KV // 2, BLOCK_N)
+        t4 = _tiles(n4, BLOCK_KV // 4, BLOCK_N)
+        t8 = _tiles(n8, BLOCK_KV // 8, BLOCK_N)
+        f1 = (gl.load(cnt + 4) * BLOCK_KV) // BLOCK_N
+        f2 = (gl.load(cnt + 5) * (BLOCK_KV // 2)) // BLOCK_N
+        f4 = (gl.load(cnt + 6) * (BLOCK_KV // 4)) // BLOCK_N
+        f8 = (gl.load(cnt + 7) * (BLOCK_KV // 8)) // BLOCK_N
+
+        dtype: gl.constexpr = k1.dtype
+        q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUB_M, D], dtype)
+        q0 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
+        q1 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
+        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], k1.layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], v1.layout)
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=2)
+        fence_async_shared()
+
+        # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
+        gl.warp_specialize([
+            (_consumer, (Q, Out, Lse, RowScale, Comp, idx_row, cnt, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         t1, t2, t4, t8, f1, f2, f4, f8,
+                         row, b, h, bh, q_start, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                         0, SUB_M, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, idx_row, cnt, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         t1, t2, t4, t8, f1, f2, f4, f8,
+                         row, b, h, bh, q_start, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                         1, SUB_M, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+            (_loader, (k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row,
+                       n1, n2, n4, n8, t1, t2, t4, t8, kvh, kv_len, len2, len4, len8,
+                       BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
+        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+
+
+def load_rows(block_kv: int, block_n: int, level: int) -> int:
+    """Rows of one TMA load at ``level``: an entry's rows, at most a tile."""
+    return min(block_kv // level, block_n)
+
+
+def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv: int = 64, block_n: int = 128,
+                 stages: int = 2, level_mask: int = 1, has_scale: bool = False, has_comp: bool = False,
+                 return_lse: bool = False, index_dtype: str = "i16"):
+    """Compile the kernel for sm_90 without a GPU; returns triton's CompiledKernel (asm, metadata)."""
+    import triton  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.experimental.gluon._runtime import GluonASTSource  # noqa: PLC0415
+
+    elem = gl.bfloat16 if dtype == "bf16" else gl.float16
+    ptr = f"*{dtype}"
+    sig = {"Q": ptr}
+    for p in (1, 2, 4, 8):
+        rows = load_rows(block_kv, block_n, p)
+        desc = f"tensordesc<{dtype}[{rows},{d}],{gl.NVMMASharedLayout.get_default_for([rows, d], elem)!r}>"
+        sig[f"k{p}"] = sig[f"v{p}"] = desc
+    sig.update({
+        "Out": ptr, "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32", "Idx": f"*{index_dtype}", "Count": "*i32",
+        "qk_scale": "fp32", "q_len": "i32", "kv_len": "i32", "len2": "i32", "len4": "i32", "len8": "i32",
+        "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32",
+        "sq_b": "i64", "sq_h": "i64", "sq_l": "i32", "so_b": "i64", "so_h": "i64", "so_l": "i32",
+    })
+    consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,
+                  HAS_SCALE=has_scale, HAS_COMP=has_comp, RETURN_LSE=return_lse,
+                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS)
+    for name in consts:
+        sig[name] = "constexpr"
+    src = GluonASTSource(_gluon_fwd, sig, consts)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": MAXNREG})

@@ -1,0 +1,202 @@
+"""The Gluon (Hopper, sm_90) path of the executor: a warp-specialized kernel for non-causal plans.
+
+Same semantics as the Triton kernel (:mod:`spbench.kernels.pyramid_triton`)
+over the set it supports (see :func:`unsupported`): non-causal plans with
+any mix of levels 1/2/4/8, fp16/bf16, head dim 64 or 128, block_q 128 or
+256, block_kv 64 or 128, contiguous K/V. ``run_plan`` dispatches here on
+sm_90 when the call is in that set (``SPBENCH_EXECUTOR_KERNEL`` /
+``kernel=`` force either path); the kernel is in :mod:`spbench.kernels.gluon_attn`.
+
+Why a second kernel: the Triton kernel's inner loop tops out near 495
+TFLOP/s on H200 (cuDNN reaches ~676) because Triton's pipeliner keeps the
+softmax of a tile serialized with its matmuls. This one is written in Gluon
+(Triton's explicit-layout dialect) in the FA3 style:
+
+* one program per 128 query rows of one (batch, head); three partitions:
+  a 1-warp **loader** that walks the plan's entries level by level
+  (:mod:`spbench.kernels.schedule`) and TMA-loads K and V tiles of
+  ``BLOCK_N`` rows into ``STAGES``-deep shared-memory rings, and two
+  4-warp **consumer** warpgroups, each owning 64 query rows. A tile packs
+  ``BLOCK_N / R`` entries of R rows (R = block_kv / p pooled rows at level
+  p) through one TMA load of R rows each; an entry taller than a tile (a
+  128-row block in 64-row tiles) is loaded a tile at a time;
+* separate ready/empty mbarriers for K and V, so ``QK^T`` of tile t can
+  start before V of tile t has landed; an empty barrier completes when both
+  consumers released the slot (count 2);
+* inside a consumer the matmuls are async wgmma and software-pipelined:
+  ``S_t = Q K_t^T`` and ``O += P_{t-1} V_{t-1}`` are issued back to back, the
+  softmax of S_t runs while the PV wgmma is still on the tensor cores, and
+  O is rescaled once that finishes. The two consumer warpgroups are
+  independent partitions, so the warp schedulers interleave one's softmax
+  with the other's matmuls (no explicit ping-pong barrier);
+* exp2 softmax with the log2(e) scale folded in, fp32 accumulators. Clean
+  tiles (only whole, unmasked entries) add log2(p) to the row max and the
+  shift, at no per-element cost; the rest (the ragged last block, a tile's
+  unfilled tail, a ragged pooled group with bias log2(size)) are masked
+  after the PV wgmma of the step finished (frees registers). An unfilled
+  tail reloads the level's last entry and masks it, so no stale shared
+  memory is ever multiplied (0 * NaN would poison the row);
+* empty rows return zeros (lse -inf); epilogue ``row_scale * O +
+  compensation`` and the natural-log LSE as in the Triton kernel.
+
+Launch config: ``BLOCK_N`` 128 (or 64), 2 stages; ``SPBENCH_GLUON_CONFIG=
+"block_n=64"`` pins one. 3 stages are refused: with the level-1-only
+kernel (commit 00b5cd3) they were correct and 6% faster at 110k dense, but
+the kernel with pooled levels gives wrong results / illegal memory accesses
+with 3 stages on H200 (triton 3.6; results/reference/gluon_exec_h200_phase2.json),
+cause not found yet (the one visible difference: ptxas spills 16-36 bytes
+of scalars in the consumer with 3 stages, 8 with 2).
+
+``run_plan``'s ``auto`` uses this path only for plans whose entries are all
+level 1 (:data:`AUTO_LEVEL_MASK`): that is where it was measured faster
+(1.2-1.3x the Triton kernel on H200). Pooled levels are correct (GPU
+checks) but their speed was not measured yet; ``kernel="gluon"`` forces them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spbench.errors import SpbenchError
+from spbench.kernels.schedule import schedule_for
+from spbench.method import check_out
+import os
+
+from spbench.kernels import tuning
+from spbench.kernels.gluon_attn import BLOCK_M, CONSUMER_REGS, HAVE_GLUON, LOADER_REGS, MAXNREG, load_rows
+from spbench.plan import LEVELS, Plan
+
+LOG2E = 1.4426950408889634
+
+if HAVE_GLUON:
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from spbench.kernels.gluon_attn import _gluon_fwd
+
+
+CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
+#: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
+AUTO_LEVEL_MASK = 0b0001
+#: pipeline depths that passed the GPU checks (see the module docstring for 3)
+STAGES_OK = (2,)
+
+
+def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, block_n: int = 128) -> str | None:
+    """Why the Gluon path cannot run this call (None: it can)."""
+    if not HAVE_GLUON:
+        return "triton lacks the Gluon Hopper API"
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return "needs a CUDA sm_90 device"
+    if plan.is_dense or plan.causal:
+        return "needs a non-causal block-sparse plan"
+    if q.dtype not in (torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return "needs fp16/bf16 q, k, v of one dtype"
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[-1] not in (64, 128) or k.shape[-1] != q.shape[-1]:
+        return "needs [B, H, L, D] inputs with head dim 64 or 128"
+    if plan.block_q not in (128, 256) or plan.block_kv not in (64, 128) or block_n not in (64, 128):
+        return "needs block_q in (128, 256), block_kv in (64, 128) and a tile of 64 or 128 rows"
+    if not (k.is_contiguous() and v.is_contiguous()) or k.data_ptr() % 16 or v.data_ptr() % 16:
+        return "needs contiguous, 16-byte aligned k and v"
+    if k.shape[0] * k.shape[1] * k.shape[2] >= 2**31 or q.shape[2] * q.stride(2) >= 2**31:
+        return "row offsets beyond int32"
+    return None
+
+
+def config(kv_len: int) -> tuple[int, int]:
+    """(block_n, stages): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default."""
+    text = os.environ.get(CONFIG_ENV, "").strip()
+    fields = {"block_n": 128, "stages": 2}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in fields or not value.strip().isdigit():
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128 or stages=2")
+        fields[name.strip()] = int(value)
+    if fields["block_n"] not in (64, 128) or fields["stages"] not in STAGES_OK:
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and stages one of {STAGES_OK}, got {fields}")
+    return fields["block_n"], fields["stages"]
+
+
+def _gl_dtype(dtype: torch.dtype):
+    return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
+
+
+def descriptor(t: torch.Tensor, rows: int):
+    """TMA descriptor over the [B*Hkv*L, D] view of a contiguous [B, Hkv, L, D] tensor, ``rows`` rows per load."""
+    d = t.shape[-1]
+    layout = gl.NVMMASharedLayout.get_default_for([rows, d], _gl_dtype(t.dtype))
+    return TensorDescriptor.from_tensor(t.reshape(-1, d), [rows, d], layout)
+
+
+def run_plan_gluon(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: Plan,
+    scale: float | None = None,
+    return_lse: bool = False,
+    pyramid=None,
+    out: torch.Tensor | None = None,
+    block_n: int | None = None,
+    stages: int | None = None,
+):
+    """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
+
+    Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
+    ``stages`` override :func:`config`.
+    """
+    from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
+
+    _check(q, k, v, plan)
+    check_out(q, out)
+    cfg_n, cfg_s = config(k.shape[2])
+    block_n = block_n or cfg_n
+    stages = stages or cfg_s
+    if stages not in STAGES_OK:
+        raise SpbenchError(f"the Gluon path runs with stages in {STAGES_OK}, got {stages} (3 stages gave wrong results on H200)")
+    reason = unsupported(q, k, v, plan, block_n)
+    if reason:
+        raise SpbenchError(f"the Gluon path {reason}")
+    if out is not None and not _store_ok(out):
+        raise SpbenchError("the Gluon path needs an out tensor with a contiguous last dim and int32 row offsets")
+    bsz, hq, lq, d = q.shape
+    hkv, lk = k.shape[1], k.shape[2]
+    scale = d**-0.5 if scale is None else float(scale)
+    sched = schedule_for(plan)
+    nqb = plan.num_q_blocks
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty(bsz, hq, lq, device=q.device, dtype=torch.float32) if return_lse else out
+    row_scale = _extra(plan, "row_scale", (bsz, hq, nqb), q.device)
+    comp = _extra(plan, "compensation", (bsz, hq, nqb, d), q.device)
+    if lq == 0:
+        return (out, lse) if return_lse else out
+    mask = sched.level_mask
+    descs = [descriptor(t, load_rows(plan.block_kv, block_n, 1)) for t in (k, v)]
+    lens = [(lk + p - 1) // p for p in (2, 4, 8)]
+    if mask & ~1:
+        pyr = pyramid_for(k, v, plan, pyramid)
+        for p in (2, 4, 8):
+            rows = load_rows(plan.block_kv, block_n, p)
+            descs += [descriptor(pyr.k[p].contiguous(), rows), descriptor(pyr.v[p].contiguous(), rows)]
+    else:
+        descs += descs[:2] * 3  # never read: LEVEL_MASK compiles those loads out
+    grid = ((lq + BLOCK_M - 1) // BLOCK_M, bsz * hq)
+    _gluon_fwd[grid](
+        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
+        sched.idx, sched.count,
+        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
+        HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
+        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
+        num_warps=4, maxnreg=MAXNREG,
+    )
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages}", "gluon", kernel="gluon", BLOCK_N=block_n, num_stages=stages,
+                         levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "descriptor"]
