@@ -39,18 +39,22 @@ softmax of a tile serialized with its matmuls. This one is written in Gluon
 * empty rows return zeros (lse -inf); epilogue ``row_scale * O +
   compensation`` and the natural-log LSE as in the Triton kernel.
 
-Launch config: ``BLOCK_N`` 128 (or 64), 2 stages; ``SPBENCH_GLUON_CONFIG=
-"block_n=64"`` pins one. 3 stages are refused: with the level-1-only
+Launch config: 2 stages; ``BLOCK_N`` 128 for dense-like plans (more than
+half the possible entries active) and 64 for sparse ones (H200, 32k x 12:
+dense 10.97 vs 12.39 ms, binary 0.10 1.46 vs 1.34 ms, the pyramid mix 2.48
+vs 2.15 ms; results/reference/gluon_exec_h200_merged.json);
+``SPBENCH_GLUON_CONFIG="block_n=64"`` pins one. 3 stages are refused: with the level-1-only
 kernel (commit 00b5cd3) they were correct and 6% faster at 110k dense, but
 the kernel with pooled levels gives wrong results / illegal memory accesses
 with 3 stages on H200 (triton 3.6; results/reference/gluon_exec_h200_phase2.json),
 cause not found yet (the one visible difference: ptxas spills 16-36 bytes
 of scalars in the consumer with 3 stages, 8 with 2).
 
-``run_plan``'s ``auto`` uses this path only for plans whose entries are all
-level 1 (:data:`AUTO_LEVEL_MASK`): that is where it was measured faster
-(1.2-1.3x the Triton kernel on H200). Pooled levels are correct (GPU
-checks) but their speed was not measured yet; ``kernel="gluon"`` forces them.
+``run_plan``'s ``auto`` uses this path for plans of any levels
+(:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
+level-1 plans and 1.17x on the pyramid mix 1:0.10,2:0.05,8:0.20, and faster
+at every single level of the per-level cost table (GPU checks pass for all
+levels).
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ if HAVE_GLUON:
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
 #: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
-AUTO_LEVEL_MASK = 0b0001
+AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
 STAGES_OK = (2,)
 
@@ -103,10 +107,10 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     return None
 
 
-def config(kv_len: int) -> tuple[int, int]:
-    """(block_n, stages): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default."""
+def config(kv_len: int, dense_like: bool = True) -> tuple[int, int]:
+    """(block_n, stages): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (see the module docstring)."""
     text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128, "stages": 2}
+    fields = {"block_n": 128 if dense_like else 64, "stages": 2}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in fields or not value.strip().isdigit():
@@ -145,11 +149,11 @@ def run_plan_gluon(
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
     ``stages`` override :func:`config`.
     """
-    from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
+    from spbench.kernels.pyramid_triton import _check, _dense_like, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
-    cfg_n, cfg_s = config(k.shape[2])
+    cfg_n, cfg_s = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
     block_n = block_n or cfg_n
     stages = stages or cfg_s
     if stages not in STAGES_OK:
