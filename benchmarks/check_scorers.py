@@ -54,7 +54,7 @@ def check(seq: int) -> list[dict]:
                 err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg), want)
                 rows.append(dict(kernel="psa", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
             q8, k8 = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lq)
-            want = psa_importance_reference(q8, k8, q_off, k_off, 128, 64, causal, fp16_block_max=True)
+            want = psa_importance_reference(q8, k8, q_off, k_off, 128, 64, causal)
             for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
                 err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True), want)
                 rows.append(dict(kernel="psa_fp8", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))

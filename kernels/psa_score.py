@@ -34,9 +34,10 @@ Triton path, never materialising the sampled Q K^T:
 
 Tile shapes / warps / stages are autotuned per shape on CUDA
 (:mod:`spbench.kernels.score_tuning`). With ``fp8=True`` the sampled rows are
-e4m3 with per-row scales and the per-block maxima go to fp16 scratch (half
-the traffic of step 2; its rounding, under 2^-11 of the logit, is far below
-the e4m3 inputs' own error). Scratch is NQ*sq x NKV fp32 (fp16) plus the
+e4m3 with per-row scales (the gather quantizes them). The per-block maxima
+stay fp32: an fp16 scratch (half the traffic of step 2) measured slower
+overall on an H200 at 110k (results/reference/scorers_fp8_h200_v2.json:
+23.7 vs 20.4 ms). Scratch is NQ*sq x NKV fp32 plus the
 gathered rows per (batch, head); heads are processed in chunks so it stays
 under ``max_scratch_bytes``.
 """
@@ -162,11 +163,7 @@ def _sampled_rowmax(
         else:
             bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale
         bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))  # zero-padded keys past the end
-        if FP8:  # fp16 scratch: its rounding (< 2^-11 relative) is far below the e4m3 inputs' own
-            tl.store(out_base + rows64[:, None] * ld + kvb[None, :], tl.minimum(bmax, 60000.0).to(tl.float16),
-                     mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
-        else:
-            tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
         m_acc = tl.maximum(m_acc, bmax)
     tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + rows, tl.max(m_acc, axis=1), mask=rows < n_rows)
 
@@ -187,7 +184,7 @@ def _block_max(
     if CAUSAL:
         # must match _sampled_rowmax's skipped tiles: only blocks starting by the query block's end
         valid = valid & (js * BKV <= tl.minimum(qb * BQ + BQ, lq) - 1)
-    x = tl.load(RMAX + pid_bh.to(tl.int64) * n_rows * ld + rows[:, None] * ld + js[None, :], mask=valid[None, :], other=float("-inf")).to(tl.float32)
+    x = tl.load(RMAX + pid_bh.to(tl.int64) * n_rows * ld + rows[:, None] * ld + js[None, :], mask=valid[None, :], other=float("-inf"))
     m = tl.load(MAXALL + pid_bh.to(tl.int64) * n_rows + rows)
     ok = (x > float("-inf")) & (m > float("-inf"))[:, None]
     e = tl.where(ok, tl.exp2(x - tl.where(ok, m[:, None], 0.0)), 0.0)
@@ -291,10 +288,9 @@ def psa_importance(
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
     row_dtype = FP8_DTYPE if fp8 else q.dtype
     row_bytes = (1 * dim + 4) if fp8 else q.element_size() * dim
-    scratch_dtype = torch.float16 if fp8 else torch.float32
-    per_head = n_rows * (ld * scratch_dtype.itemsize + 4) + row_bytes * (n_rows_pad + n_cols_pad)
+    per_head = 4 * n_rows * (ld + 1) + row_bytes * (n_rows_pad + n_cols_pad)
     chunk = max(1, min(bsz * hq, max_scratch_bytes // per_head))
-    rmax = torch.empty(chunk, n_rows, ld, dtype=scratch_dtype, device=q.device)
+    rmax = torch.empty(chunk, n_rows, ld, dtype=torch.float32, device=q.device)
     max_all = torch.empty(chunk, n_rows, dtype=torch.float32, device=q.device)
     qs = torch.empty(chunk, n_rows_pad, dim, dtype=row_dtype, device=q.device)
     ks = torch.empty(chunk, n_cols_pad, dim, dtype=row_dtype, device=q.device)
@@ -337,14 +333,11 @@ def psa_importance_reference(
     block_kv: int = 64,
     causal: bool = False,
     scale: float | None = None,
-    fp16_block_max: bool = False,
 ) -> torch.Tensor:
     """Plain-PyTorch sampled importance (same definition), fp32 ``[B, Hq, NQ, NKV]``.
 
     Gathers the sampled rows and forms the full sampled score matrix per
     head (NQ*sq x NKV*sk): small shapes, or the CPU fallback.
-    ``fp16_block_max``: round the per-block maxima (base-2 logits) to fp16
-    as the fp8 Triton path's scratch does, to check that path exactly.
     """
     bsz, hq, lq, dim = q.shape
     group = hq // k.shape[1]
@@ -363,10 +356,6 @@ def psa_importance_reference(
             s = s.masked_fill(kpos[h].flatten()[None, :] > qpos[h].flatten()[:, None], float("-inf"))
         per_block = s.view(bsz, nq * sq, nkv, sk).amax(-1)  # [B, NQ*sq, NKV]
         row_max = per_block.amax(-1, keepdim=True)
-        if fp16_block_max:
-            per_block = (per_block * LOG2E).clamp(max=60000.0).half().to(acc)
-            e = torch.exp2(per_block - row_max * LOG2E).nan_to_num(0.0)
-        else:
-            e = torch.exp(per_block - row_max).nan_to_num(0.0)  # -inf - -inf -> 0
+        e = torch.exp(per_block - row_max).nan_to_num(0.0)  # -inf - -inf -> 0
         out[:, h] = e.view(bsz, nq, sq, nkv).amax(2).float()
     return _normalise_rows(out)

@@ -245,7 +245,7 @@ class PSA(PlannedMethod):
             return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20, fp8=fp8)
         if fp8:  # the reference scores the same per-row e4m3 values
             q, k = fp8_values(q, 1), fp8_values(k, 1)
-        return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], fp16_block_max=fp8)
+        return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
 
     def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
         """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of each row's area.
