@@ -203,6 +203,11 @@ def chosen_config() -> dict[str, Any]:
     return dict(_last)
 
 
+def forget_last() -> None:
+    """Clear :func:`chosen_config` (so a caller can tell whether its call launched the executor at all)."""
+    _last.clear()
+
+
 def tuned_configs() -> dict[tuple, KernelConfig]:
     return dict(_tuned)
 

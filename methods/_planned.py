@@ -8,7 +8,7 @@ import torch
 
 from spbench.errors import SpbenchError
 from spbench.kernels.executor import execute
-from spbench.kernels.fp8_rows import SCORE_DTYPES
+from spbench.kernels.fp8_rows import SCORE_DTYPES, use_fp8
 from spbench.method import Knob, Method
 from spbench.plan import Plan
 
@@ -32,6 +32,12 @@ def use_triton(backend: str, device: torch.device) -> bool:
     if backend == "triton":
         return True
     return triton_available(device)
+
+
+def score_precision(params: dict[str, Any], q: torch.Tensor) -> str:
+    """What the scorer multiplies in for these inputs (``score_dtype`` resolved): "fp8" or q's dtype; for Plan.stats."""
+    fp8 = use_fp8(params["score_dtype"], q, use_triton(params["scorer"], q.device))
+    return "fp8" if fp8 else str(q.dtype).removeprefix("torch.")
 
 
 def check_power_of_two(name: str, value: int) -> None:

@@ -14,7 +14,7 @@ from spbench.kernels.fp8_rows import fp8_values, use_fp8
 from spbench.kernels.psa_score import psa_importance, psa_importance_reference, sample_offsets
 from spbench.method import Knob
 from spbench.methods import _select as sel
-from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, check_power_of_two, use_triton
+from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, check_power_of_two, score_precision, use_triton
 from spbench.methods.xattention import block_scores as antidiagonal_block_scores
 from spbench.plan import Plan
 
@@ -292,7 +292,7 @@ class PSA(PlannedMethod):
             cap = similarity_cap(adjacent_key_similarity(k, bkv), self.sim_thresholds)  # [B, Hkv, NKV]
             cap = cap.repeat_interleave(q.shape[1] // k.shape[1], dim=1)[:, :, None, :]
             levels = torch.minimum(levels, cap)  # level 0 (skipped) stays 0
-        return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())
+        return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats(score_precision=score_precision(self.params, q)))
 
     def _fraction_levels(self, lq: int, lk: int, lay: sel.Layout, device: torch.device) -> torch.Tensor:
         """Rank-order levels ``[NQ, NKV]`` of the budget / topk rules (positions only: cached per shape)."""

@@ -9,7 +9,7 @@ from spbench.kernels.antidiag import antidiagonal_scores, antidiagonal_scores_re
 from spbench.kernels.fp8_rows import fp8_values, use_fp8
 from spbench.method import Knob
 from spbench.methods import _select as sel
-from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, use_triton
+from spbench.methods._planned import EXECUTOR_KNOB, SCORE_DTYPE_KNOB, SCORER_KNOB, PlannedMethod, check_fraction, score_precision, use_triton
 from spbench.plan import Plan
 
 
@@ -103,4 +103,4 @@ class XAttention(PlannedMethod):
         else:
             keep = sel.keep_by_mass(ranked, self.params["tau"], lay.n_forced, lay.n_visible).to(torch.int8)
         levels = sel.unsort(keep, order)
-        return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats())
+        return Plan.from_levels(levels, lq, lk, bq, bkv, causal, stats=self.plan_stats(score_precision=score_precision(self.params, q)))

@@ -184,6 +184,17 @@ def dense_baseline(cell: KernelCell, inputs, device: torch.device, dense_cache: 
     return dense
 
 
+def _run_recording_executor(method, q, k, v, plan, record: dict[str, Any]):
+    """``method.run`` once more; which executor kernel (Triton / Gluon) and launch config ran goes to ``record["executor"]``."""
+    from spbench.kernels import tuning  # noqa: PLC0415
+
+    tuning.forget_last()
+    out = method.run(q, k, v, plan)
+    launched = tuning.chosen_config()  # empty: no pyramid-kernel launch (dense, torch reference executor)
+    record["executor"] = {key: launched[key] for key in ("kernel", "config", "source") if key in launched} or None
+    return out
+
+
 def run_cell(cell: KernelCell, dense_cache: dict[str, Any] | None = None, inputs=None) -> dict[str, Any]:
     """Measure one cell and return its record (see module docstring)."""
     validate(cell)
@@ -228,7 +239,7 @@ def run_cell(cell: KernelCell, dense_cache: dict[str, Any] | None = None, inputs
         plan_t: Timing = time_fn(do_plan, device, cell.repeats, cell.warmup)
         plan = plan_holder["plan"]
         run_t: Timing = time_fn(lambda: method.run(q, k, v, plan), device, cell.repeats, cell.warmup)
-        out = method.run(q, k, v, plan)
+        out = _run_recording_executor(method, q, k, v, plan, record)
         record["peak_mem_mb"] = _peak_mb(device)
         record["extra_mem_mb"] = None if record["peak_mem_mb"] is None else record["peak_mem_mb"] - base / 2**20
         record.update(

@@ -77,6 +77,9 @@ def render_record(record: dict) -> Table:
         ("peak memory MB (method, dense)", f"{_fmt(record.get('peak_mem_mb'), '.0f')}, {_fmt(record.get('dense_peak_mem_mb'), '.0f')}"),
         (f"rel L2 / cosine / max abs ({record.get('error_rows', '-')} rows)", f"{_fmt(record.get('rel_l2'), '.3e')} / {_fmt(record.get('cosine'), '.6f')} / {_fmt(record.get('max_abs'), '.3e')}"),
     ]
+    if record.get("executor"):
+        ex = record["executor"]
+        rows.append(("executor kernel (config, source)", f"{ex.get('kernel', '-')} ({ex.get('config', '-')}, {ex.get('source', '-')})"))
     if record.get("block_mass_top10") is not None:
         rows.append(("attention mass in top 10% of 128x64 blocks", _fmt(record["block_mass_top10"], ".1%")))
     for name, b in (record.get("dense_backends") or {}).items():

@@ -30,6 +30,22 @@ def test_kernel_cpu_json_and_record(tmp_path):
     assert len(load(tmp_path / "one")) == 2
 
 
+def test_kernel_records_executor_kernel_and_score_precision(tmp_path):
+    # which executor kernel ran (and its launch config) and what the scorer multiplied in are part of the record
+    res = invoke("kernel", "--method", "xattention", "--device", "cpu", "--seq", "1k", "--heads", "2", "--head-dim", "64", "--budget", "0.3",
+                 "--repeats", "1", "--warmup", "0", "--json", "--param", "score_dtype=fp8", "--out", str(tmp_path), "--run-id", "ex")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["executor"]["kernel"] == "triton" and "BLOCK_M=" in record["executor"]["config"]  # interpreter (conftest)
+    assert record["plan_stats"]["score_precision"] == "fp8"
+    res = invoke("kernel", "--method", "dense", "--device", "cpu", "--seq", "512", "--heads", "2", "--head-dim", "32",
+                 "--repeats", "1", "--warmup", "0", "--json", "--out", str(tmp_path), "--run-id", "ex")
+    assert json.loads(res.stdout)["executor"] is None  # no pyramid-kernel launch
+    res = invoke("kernel", "--method", "psa", "--device", "cpu", "--seq", "1k", "--heads", "2", "--head-dim", "64", "--budget", "0.3",
+                 "--repeats", "1", "--warmup", "0", "--json", "--param", "score_dtype=input", "--out", str(tmp_path), "--run-id", "ex")
+    assert json.loads(res.stdout)["plan_stats"]["score_precision"] == "float32"
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
