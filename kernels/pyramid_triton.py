@@ -29,9 +29,9 @@ How the work is laid out (the choices the papers leave open):
   K/V copies waited on: 26% slower at 64-row tiles on H100). Contiguous
   tiles can use TMA descriptors; pooled levels may use their own tile
   height (``BLOCK_NP``), which avoids register spills at 128-row tiles.
-* On sm_90 ``run_plan`` sends non-causal fp16/bf16 level-1 plans to the
+* On sm_90 ``run_plan`` sends non-causal fp16/bf16 plans (any levels) to the
   warp-specialized Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`),
-  ~1.25x this kernel on H200; ``kernel=`` / ``SPBENCH_EXECUTOR_KERNEL``.
+  1.17-1.3x this kernel on H200; ``kernel=`` / ``SPBENCH_EXECUTOR_KERNEL``.
 * Measured and rejected (H200, triton 3.6, results/reference/
   executor_bench_h200_fused_variants.json): one fused loop over all
   levels with per-tile level selects (level-1 tiles ~25% slower, the mix
@@ -362,8 +362,10 @@ def run_plan(
     is contiguous, else through a temporary.
     ``kernel``: ``"auto"`` (default; ``SPBENCH_EXECUTOR_KERNEL`` overrides the
     default): the Gluon kernel (:mod:`spbench.kernels.pyramid_gluon`) on sm_90
-    for the calls it supports whose levels are in its ``AUTO_LEVEL_MASK``
-    (level 1 only, for now), this Triton kernel otherwise; ``"triton"`` /
+    for the calls it supports (non-causal fp16/bf16, contiguous k/v, block
+    sizes in :func:`~spbench.kernels.pyramid_gluon.unsupported`) whose levels
+    are in its ``AUTO_LEVEL_MASK`` (all of them), this Triton kernel
+    otherwise; ``"triton"`` /
     ``"gluon"`` force one (``"gluon"`` raises when the call is unsupported).
     """
     if plan.is_dense:
