@@ -133,3 +133,34 @@ def test_planners_fp8_triton_and_torch_scorers_agree(name, knobs):
 def test_bad_score_dtype_is_a_clear_error():
     with pytest.raises(SpbenchError, match="score_dtype"):
         spbench.get_method("xattention", score_dtype="int8")
+
+
+needs_fp8_gpu = pytest.mark.skipif(
+    fp8_rows.interpreting() or not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+    reason="needs a CUDA GPU with fp8 tensor cores, TRITON_INTERPRET=0",
+)
+
+
+@needs_fp8_gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lq", [4096, 4059])
+def test_fp8_scorers_on_gpu_every_candidate(causal, lq):
+    # the real e4m3 tensor-core path and every autotune candidate, against the references on the quantized values
+    from spbench.kernels.antidiag import tile_configs
+    from spbench.kernels.psa_score import rowmax_configs
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = (torch.randn(1, 4, lq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
+    k = (torch.randn(1, 2, lq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
+    q_off, k_off = sample_offsets(4, 128, 32, 0, 1), sample_offsets(4, 64, 16, 0, 2)
+    qd, kd = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lq)
+    want = psa_importance_reference(qd, kd, q_off, k_off, 128, 64, causal)
+    for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
+        got = psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True)
+        torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
+    for stride in (8, 16):
+        qd, kd = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lq)
+        want = antidiagonal_scores_reference(qd, kd, stride, 128, 128, causal)
+        for cfg in tile_configs(q.device, 128 // stride, tma=True, fp8=True):
+            got = antidiagonal_scores(q, k, stride, 128, 128, causal, config=cfg, fp8=True)
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
