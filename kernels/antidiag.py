@@ -39,7 +39,6 @@ Tile shapes / warps / stages / loop form are autotuned per shape on CUDA
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
-from spbench.kernels.fp8_rows import quantize_rows
+from spbench.kernels.fp8_rows import interpreting, quantize_rows  # interpreting: re-exported for psa_score
 
 LOG2E = 1.4426950408889634
 
@@ -61,11 +60,6 @@ def dot_in_fp32(x: torch.Tensor) -> bool:
     supported yet"). On the GPU bf16 goes to the tensor cores as is.
     """
     return x.dtype == torch.bfloat16 and interpreting()
-
-
-def interpreting() -> bool:
-    """Triton kernels run through the interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def check_blocks(stride: int, block_q: int, block_kv: int) -> None:

@@ -83,6 +83,7 @@ def _quantize_groups(
 
 
 def interpreting() -> bool:
+    """Triton kernels run through the interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -114,10 +115,9 @@ def use_fp8(score_dtype: str, x: torch.Tensor, triton_scorer: bool) -> bool:
     return triton_scorer and x.device.type == "cuda" and not interpreting() and x.dtype in (torch.float16, torch.bfloat16) and fp8_available(x.device)
 
 
-def padded_rows(length: int, group: int, multiple: int = 1) -> int:
-    """Rows of the quantized copy: ``length`` rounded up to whole groups and to ``multiple``."""
-    unit = group * multiple // math.gcd(group, multiple)
-    return math.ceil(length / unit) * unit
+def padded_rows(length: int, group: int) -> int:
+    """Rows of the quantized copy: ``length`` rounded up to whole groups."""
+    return math.ceil(length / group) * group
 
 
 def quantize_rows(x: torch.Tensor, group: int, rows_pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
