@@ -37,7 +37,7 @@ TRITON_CFG = {
     "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
 }
 # 3 stages: wrong results with the pooled-level kernel on H200 (see spbench.kernels.pyramid_gluon), refused
-GLUON_VARIANTS = [dict(block_n=128, stages=2), dict(block_n=64, stages=2)]
+GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers) for bn, st in ((128, 2), (64, 2), (64, 3)) for pers in (False, True)]
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
@@ -56,8 +56,13 @@ def check_cases():
         dict(lq=257, lk=517, bk=128, bn=64, stages=2, pooled=True, dtype="float16", d=64, empty=True),
         dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256),
         dict(lq=1000, lk=2049, bk=64, bn=128, stages=2, pooled=True, hq=2, hkv=2),
+        # persistent grids of a few programs, each looping over many work items
+        dict(lq=1000, lk=2049, bk=64, bn=64, stages=2, pooled=True, hq=2, hkv=2, programs=3),
+        dict(lq=257, lk=517, bk=128, bn=128, stages=2, pooled=True, dtype="float16", d=64, empty=True, programs=2),
+        dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256, programs=5),
+        dict(lq=384, lk=1000, bk=64, bn=128, stages=2, empty=True, dense=True, programs=1),
     ]
-    return cases
+    return cases + [dict(c, stages=3) for c in cases if c["bn"] == 64]  # 3 stages: 64-row tiles only
 
 
 def run_case(c):
@@ -65,7 +70,7 @@ def run_case(c):
     import torch
 
     from bench_executor import qkv  # noqa: PLC0415
-    from spbench.kernels import tuning
+    from spbench.kernels import pyramid_gluon, tuning
     from spbench.kernels.pyramid_gluon import run_plan_gluon
     from spbench.kernels.pyramid_triton import run_plan
     from spbench.kernels.reference import pyramid_attention_reference
@@ -91,7 +96,9 @@ def run_case(c):
             extras["row_scale"] = torch.rand(b, hq, nq, device="cuda", generator=g) + 0.5
             extras["compensation"] = torch.randn(b, hq, nq, d, device="cuda", generator=g)
         plan = Plan.from_levels(levels, c["lq"], c["lk"], bq, c["bk"], False, extras=extras)
-        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"])
+        if c.get("programs"):
+            pyramid_gluon._sm_count = lambda device: c["programs"]  # a small persistent grid (this worker's process only)
+        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"], persistent=bool(c.get("programs")))
         torch.cuda.synchronize()
         ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, c["bk"], False, row_scale=extras.get("row_scale"),
                                                 compensation=extras.get("compensation"), return_lse=True)
@@ -171,10 +178,11 @@ def warm_specs():
     specs = []
     mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)]
     for bk, mix in mixes:
-        for var in GLUON_VARIANTS:
-            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=var["block_n"], stages=var["stages"]))
+        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st))
     for p in (2, 4, 8):
-        specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=128, stages=2))
+        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st))
     for name, cfg in TRITON_CFG.items():
         bk = 128 if "bk128" in name else 64
         mixes = {"psa_mix": [PSA_MIX], "level": [{p: 0.4} for p in (1, 2, 4, 8)]}
@@ -257,7 +265,7 @@ def phase_time(long: bool):
         row["triton"] = {"ms": t_tri, "tflops": flops / t_tri / 1e9, "vs_sdpa": base / t_tri, "config": TRITON_CFG[f"{tag}_{name}"]}
         best = None
         for var in GLUON_VARIANTS:
-            label = f"gluon_bn{var['block_n']}_s{var['stages']}"
+            label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
             try:
                 out = run_plan_gluon(q, k, v, plan, pyramid=pyr, **var)
                 torch.cuda.synchronize()
@@ -284,13 +292,15 @@ def phase_time(long: bool):
                 t_tri = bench(lambda: run_plan(q, k, v, plan, pyramid=pyr, kernel="triton"), reps)[0]
             finally:
                 tuning.pin_config(None)
-            t_gl = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]
-            cost[p] = {"triton_ms": t_tri, "gluon_ms": t_gl}
+            cost[p] = {"triton_ms": t_tri, "gluon_auto_ms": bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]}
+            for var in GLUON_VARIANTS:
+                label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
+                cost[p][label + "_ms"] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
         for p in (1, 2, 4, 8):
-            cost[p]["triton_x_p"] = cost[p]["triton_ms"] / cost[1]["triton_ms"] * p
-            cost[p]["gluon_x_p"] = cost[p]["gluon_ms"] / cost[1]["gluon_ms"] * p
+            for key in [x for x in cost[p] if x.endswith("_ms")]:
+                cost[p][key[:-3] + "_x_p"] = cost[p][key] / cost[1][key] * p
         rec["level_cost_bk64"] = cost
-        print(f"{tag} level cost: {cost}", flush=True)
+        print(f"{tag} level cost: {json.dumps(cost)}", flush=True)
     return rec
 
 

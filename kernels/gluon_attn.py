@@ -23,59 +23,99 @@ except Exception:  # noqa: BLE001 - any import problem means "no Gluon"
 BLOCK_M = 128
 SUB_M = 64
 #: per-partition register budgets (setmaxnreg): consumers, loader
-CONSUMER_REGS = 240
-LOADER_REGS = 24
+CONSUMER_REGS = 232
+LOADER_REGS = 32
 MAXNREG = 168  # 12 warps x 32 threads x 168 <= 64K registers
 
 
 if HAVE_GLUON:
 
     @gluon.jit
-    def _load_tile(desc, bufs, ready, empty, idx_ptr, n, tl, t, row0,
-                   R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """TMA-load the rows of tile tl of one level (ring slot t % STAGES) once both consumers freed the slot.
+    def _tile_rows(idx_ptr, n, tl, R: gl.constexpr, BLOCK_N: gl.constexpr, LR: gl.constexpr):
+        """Source rows (relative to the level's head slab) of tile tl's ``BLOCK_N // LR`` loads, as one vector.
 
         An entry owns R rows of its level's tensor; one TMA load moves
-        ``LR = min(R, BLOCK_N)`` rows (the descriptor's box), so a tile is
-        BLOCK_N // LR loads of LR rows into consecutive row slices.
+        ``LR = min(R, BLOCK_N)`` rows (the descriptor's box). Reading the
+        tile's entry indices in one vector load keeps the loader from
+        waiting on one dependent global load per TMA copy: at level 8 a
+        tile is 8-16 copies. Past the
+        last entry (a tile's unfilled tail) the last entry is reloaded; the
+        consumer masks it.
         """
+        NL: gl.constexpr = BLOCK_N // LR
+        # every lane holds the whole vector, so picking one entry is in-thread (no shuffles)
+        j = gl.arange(0, NL, layout=gl.BlockedLayout([NL], [32], [1], [0]))
+        g = tl * BLOCK_N + j * LR
+        e = gl.minimum(g // R, n - 1)
+        blk = gl.load(idx_ptr + e, mask=e >= 0, other=0).to(gl.int32)  # e < 0 only for an empty level
+        return blk * R + g % R
+
+    @gluon.jit
+    def _load_tile(desc, bufs, ready, empty, rows, t, row0, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        """TMA-load tile t (ring slot t % STAGES) from the rows of :func:`_tile_rows`, once both consumers freed the slot."""
         LR: gl.constexpr = desc.block_type.shape[0]
+        NL: gl.constexpr = BLOCK_N // LR
         slot = t % STAGES
         mbarrier.wait(empty.index(slot), ((t // STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(slot), desc.block_type.nbytes * (BLOCK_N // LR))
-        for j in gl.static_range(BLOCK_N // LR):
-            g = tl * BLOCK_N + j * LR
-            # Past the last entry (a tile's unfilled tail): reload the last entry; the consumer masks it.
-            e = gl.minimum(g // R, n - 1)
-            blk = gl.load(idx_ptr + e).to(gl.int32)
-            tma.async_copy_global_to_shared(desc, [row0 + blk * R + g % R, 0], ready.index(slot), bufs.index(slot).slice(j * LR, LR))
+        mbarrier.expect(ready.index(slot), desc.block_type.nbytes * NL)
+        j = gl.arange(0, NL, layout=rows.type.layout)
+        for i in gl.static_range(NL):
+            r = gl.max(gl.where(j == i, rows, 0), axis=0)  # entry i, as a scalar (rows are >= 0)
+            tma.async_copy_global_to_shared(desc, [row0 + r, 0], ready.index(slot), bufs.index(slot).slice(i * LR, LR))
 
     @gluon.jit
     def _load_level(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_ptr, n, n_tiles, t0, row0,
                     R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        LR: gl.constexpr = k_desc.block_type.shape[0]
         for tl in range(n_tiles):
-            _load_tile(k_desc, k_bufs, k_ready, k_empty, idx_ptr, n, tl, t0 + tl, row0, R, BLOCK_N, STAGES)
-            _load_tile(v_desc, v_bufs, v_ready, v_empty, idx_ptr, n, tl, t0 + tl, row0, R, BLOCK_N, STAGES)
+            rows = _tile_rows(idx_ptr, n, tl, R, BLOCK_N, LR)  # issued before the wait for a free slot, which hides it
+            _load_tile(k_desc, k_bufs, k_ready, k_empty, rows, t0 + tl, row0, BLOCK_N, STAGES)
+            _load_tile(v_desc, v_bufs, v_ready, v_empty, rows, t0 + tl, row0, BLOCK_N, STAGES)
         return t0 + n_tiles
 
     @gluon.jit
-    def _loader(k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row,
-                n1, n2, n4, n8, t1, t2, t4, t8, kvh, kv_len, len2, len4, len8,
-                BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
-        """1 warp: walks levels 1, 2, 4, 8 in the schedule's order; one global tile counter drives the rings."""
+    def _item(item, n_m, num_heads, group, num_qb, BLOCK_Q: gl.constexpr):
+        """Work item -> (b, h, bh, kv head, first query row, schedule row); items run query tiles fastest."""
+        pid_m = item % n_m
+        bh = item // n_m
+        b = bh // num_heads
+        h = bh % num_heads
+        kvh = b * (num_heads // group) + h // group  # KV head: its rows in the [B*Hkv*L_p, D] views
+        q_start = pid_m * 128  # BLOCK_M
+        row = bh.to(gl.int64) * num_qb + q_start // BLOCK_Q
+        return b, h, bh, kvh, q_start, row
+
+    @gluon.jit
+    def _tiles(n, R: gl.constexpr, BLOCK_N: gl.constexpr):
+        return (n * R + BLOCK_N - 1) // BLOCK_N
+
+    @gluon.jit
+    def _loader(k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, Idx, Count,
+                first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
+        """1 warp: for each work item, walks levels 1, 2, 4, 8 in the schedule's order; one tile counter
+        over all items drives the rings, so the next item's tiles load while the consumers finish this one."""
         t = 0
-        if LEVEL_MASK & 1:
-            t = _load_level(k1, v1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row, n1, t1, t, kvh * kv_len,
-                            BLOCK_KV, BLOCK_N, STAGES)
-        if LEVEL_MASK & 2:
-            t = _load_level(k2, v2, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1, n2, t2, t, kvh * len2,
-                            BLOCK_KV // 2, BLOCK_N, STAGES)
-        if LEVEL_MASK & 4:
-            t = _load_level(k4, v4, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2, n4, t4, t, kvh * len4,
-                            BLOCK_KV // 4, BLOCK_N, STAGES)
-        if LEVEL_MASK & 8:
-            t = _load_level(k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2 + n4, n8, t8, t, kvh * len8,
-                            BLOCK_KV // 8, BLOCK_N, STAGES)
+        for item in range(first, n_items, step):
+            b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
+            idx_row = Idx + row * width
+            cnt = Count + row * 8
+            n1 = gl.load(cnt + 0)
+            n2 = gl.load(cnt + 1)
+            n4 = gl.load(cnt + 2)
+            n8 = gl.load(cnt + 3)
+            if LEVEL_MASK & 1:
+                t = _load_level(k1, v1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row, n1,
+                                _tiles(n1, BLOCK_KV, BLOCK_N), t, kvh * kv_len, BLOCK_KV, BLOCK_N, STAGES)
+            if LEVEL_MASK & 2:
+                t = _load_level(k2, v2, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1, n2,
+                                _tiles(n2, BLOCK_KV // 2, BLOCK_N), t, kvh * len2, BLOCK_KV // 2, BLOCK_N, STAGES)
+            if LEVEL_MASK & 4:
+                t = _load_level(k4, v4, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2, n4,
+                                _tiles(n4, BLOCK_KV // 4, BLOCK_N), t, kvh * len4, BLOCK_KV // 4, BLOCK_N, STAGES)
+            if LEVEL_MASK & 8:
+                t = _load_level(k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2 + n4, n8,
+                                _tiles(n8, BLOCK_KV // 8, BLOCK_N), t, kvh * len8, BLOCK_KV // 8, BLOCK_N, STAGES)
 
     @gluon.jit
     def _pick(lvl, a0, a1, a2, a3):
@@ -147,134 +187,131 @@ if HAVE_GLUON:
         return acc, p_op, m_new, l_i
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, idx_row, cnt, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                  t1, t2, t4, t8, f1, f2, f4, f8,
-                  row, b, h, bh, q_start, q_len, kv_len, qk_scale,
-                  sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                  WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, D: gl.constexpr,
-                  STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr):
-        """One warpgroup: softmax(Q K^T) V for its 64 query rows over every tile of every level.
+    def _load_q(Q, item, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l,
+                WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr, q_layout: gl.constexpr):
+        """This warpgroup's 64 query rows of ``item`` into registers (pointer loads: any strides); zeros past the end."""
+        pid_m = item % n_m
+        bh = item // n_m
+        r0 = pid_m * (2 * SUB_M) + WG * SUB_M
+        q_rows = r0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, q_layout))
+        q_cols = gl.arange(0, D, layout=gl.SliceLayout(0, q_layout))
+        q_ptr = Q + (bh // num_heads).to(gl.int64) * sq_b + (bh % num_heads).to(gl.int64) * sq_h
+        ok = (q_rows < q_len) & (item < n_items)
+        return gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(ok, 1), other=0.0)
 
-        Tiles are numbered across levels (the loader's order); tile t is of
-        level rank lvl, local tile tl. Clean tiles add log2(p) = lvl to the
-        row max and the shift (no per-element cost); the others go through
-        :func:`_masked`.
+    @gluon.jit
+    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+                  sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                  WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
+                  D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr):
+        """One warpgroup: softmax(Q K^T) V for its 64 query rows of each work item, over every tile of every level.
+
+        Tiles are numbered across levels (the loader's order); tile t of an
+        item is of level rank lvl, local tile tl, and ring position
+        ``base + t`` (the ring runs on across items). Clean tiles add
+        log2(p) = lvl to the row max and the shift (no per-element cost); the
+        others go through :func:`_masked`. The next item's Q rows are loaded
+        into registers before this item's epilogue, so their latency overlaps
+        the output store.
         """
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         q_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[4, 1], order=[1, 0])
         dtype: gl.constexpr = q_smem.dtype
-
-        # Q rows of this warpgroup -> shared memory (pointer loads: any strides).
-        r0 = q_start + WG * SUB_M
-        q_rows = r0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, q_layout))
-        q_cols = gl.arange(0, D, layout=gl.SliceLayout(0, q_layout))
-        q_ptr = Q + b.to(gl.int64) * sq_b + h.to(gl.int64) * sq_h
-        qv = gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(q_rows < q_len, 1), other=0.0)
-        q_smem.store(qv)
-        fence_async_shared()
-
-        # Tile ranges of the levels: [0, c1) level 1, [c1, c2) level 2, [c2, c3) level 4, [c3, total) level 8.
-        c1 = t1
-        c2 = c1 + t2
-        c3 = c2 + t4
-        total = c3 + t8
-        # tile t of level rank lvl is clean while t < e[lvl]
-        e1 = f1
-        e2 = c1 + f2
-        e4 = c2 + f4
-        e8 = c3 + f8
         inv_scale = 1.0 / qk_scale
+        base = 0
+        qv = _load_q(Q, first, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
+        for item in range(first, n_items, step):
+            b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
+            idx_row = Idx + row * width
+            cnt = Count + row * 8
+            q_smem.store(qv)
+            fence_async_shared()
+            # Tile ranges of the levels: [0, c1) level 1, [c1, c2) level 2, [c2, c3) level 4, [c3, total) level 8;
+            # tile t of level rank lvl is clean while t < e[lvl] (whole, unmasked entries only).
+            c1 = _tiles(gl.load(cnt + 0), BLOCK_KV, BLOCK_N)
+            c2 = c1 + _tiles(gl.load(cnt + 1), BLOCK_KV // 2, BLOCK_N)
+            c3 = c2 + _tiles(gl.load(cnt + 2), BLOCK_KV // 4, BLOCK_N)
+            total = c3 + _tiles(gl.load(cnt + 3), BLOCK_KV // 8, BLOCK_N)
+            e1 = (gl.load(cnt + 4) * BLOCK_KV) // BLOCK_N
+            e2 = c1 + (gl.load(cnt + 5) * (BLOCK_KV // 2)) // BLOCK_N
+            e4 = c2 + (gl.load(cnt + 6) * (BLOCK_KV // 4)) // BLOCK_N
+            e8 = c3 + (gl.load(cnt + 7) * (BLOCK_KV // 8)) // BLOCK_N
 
-        zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
-        m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
-        l_i = gl.zeros([SUB_M], gl.float32, gl.SliceLayout(1, s_layout))
-        acc = gl.zeros([SUB_M, D], gl.float32, o_layout)
-        if total > 0:
-            # Tile 0: S only (there is no previous P to multiply yet).
-            mbarrier.wait(k_ready.index(0), 0)
-            tok = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[tok])
-            mbarrier.arrive(k_empty.index(0), count=1)
-            lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
-            shift = lvl.to(gl.float32)
-            if _pick(lvl, e1, e2, e4, e8) == 0:
-                s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
-                shift = 0.0
-            m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
-            p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
-            l_i = gl.sum(p, 1)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            for t in range(1, total):
-                lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
-                if t >= _pick(lvl, e1, e2, e4, e8):
-                    acc, p_op, m_i, l_i = _step(t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-                else:
-                    acc, p_op, m_i, l_i = _step(t, lvl, 0, acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-            last = (total - 1) % STAGES
-            mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
-            o_tok = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
-            acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
-            mbarrier.arrive(v_empty.index(last), count=1)
+            zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
+            m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
+            l_i = gl.zeros([SUB_M], gl.float32, gl.SliceLayout(1, s_layout))
+            acc = gl.zeros([SUB_M, D], gl.float32, o_layout)
+            if total > 0:
+                # Tile 0: S only (there is no previous P to multiply yet).
+                slot0 = base % STAGES
+                mbarrier.wait(k_ready.index(slot0), (base // STAGES) & 1)
+                tok = warpgroup_mma(q_smem, k_bufs.index(slot0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                s = warpgroup_mma_wait(0, deps=[tok])
+                mbarrier.arrive(k_empty.index(slot0), count=1)
+                lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
+                shift = lvl.to(gl.float32)
+                if _pick(lvl, e1, e2, e4, e8) == 0:
+                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                    shift = 0.0
+                m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
+                p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
+                l_i = gl.sum(p, 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                for t in range(1, total):
+                    lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
+                    if t >= _pick(lvl, e1, e2, e4, e8):
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_smem, zero_s,
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                    else:
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_smem, zero_s,
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                last = base + total - 1
+                mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+                o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
+                acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+                mbarrier.arrive(v_empty.index(last % STAGES), count=1)
+            base += total
+            # the next item's Q (its loads overlap this epilogue; q_smem is free: every wgmma has completed)
+            qv = _load_q(Q, item + step, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
 
-        # Epilogue: normalise, row_scale / compensation, store; rows that saw nothing give zeros.
-        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-        seen = l_o > 0.0
-        out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
-        o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        if HAS_SCALE:
-            out = out * gl.load(RowScale + row)
-        if HAS_COMP:
-            out = out + gl.expand_dims(gl.load(Comp + row * D + o_cols), 0)
-        o_rows = r0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
-        o_ptr = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
-        gl.store(o_ptr + gl.expand_dims(o_rows, 1) * so_l + gl.expand_dims(o_cols, 0), out.to(dtype), mask=gl.expand_dims(o_rows < q_len, 1))
-        if RETURN_LSE:
-            m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
-            lse = gl.where(seen, (m_o + gl.log2(gl.where(seen, l_o, 1.0))) * 0.6931471805599453, float("-inf"))
-            gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse, mask=o_rows < q_len)
+            # Epilogue: normalise, row_scale / compensation, store; rows that saw nothing give zeros.
+            l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+            seen = l_o > 0.0
+            out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
+            o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+            if HAS_SCALE:
+                out = out * gl.load(RowScale + row)
+            if HAS_COMP:
+                out = out + gl.expand_dims(gl.load(Comp + row * D + o_cols), 0)
+            o_rows = q_start + WG * SUB_M + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
+            o_ptr = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
+            gl.store(o_ptr + gl.expand_dims(o_rows, 1) * so_l + gl.expand_dims(o_cols, 0), out.to(dtype), mask=gl.expand_dims(o_rows < q_len, 1))
+            if RETURN_LSE:
+                m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
+                lse = gl.where(seen, (m_o + gl.log2(gl.where(seen, l_o, 1.0))) * 0.6931471805599453, float("-inf"))
+                gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse, mask=o_rows < q_len)
 
-    @gluon.jit
-    def _tiles(n, R: gl.constexpr, BLOCK_N: gl.constexpr):
-        return (n * R + BLOCK_N - 1) // BLOCK_N
-
-    @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width"])
+    @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width", "n_bh"])
     def _gluon_fwd(
         Q, k1, v1, k2, v2, k4, v4, k8, v8, Out, Lse, RowScale, Comp, Idx, Count,
-        qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width,
+        qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width, n_bh,
         sq_b, sq_h, sq_l, so_b, so_h, so_l,
         BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
         STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
         CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
     ):
+        """Work items are (128 query rows, batch*head), query tiles fastest; program i takes items i,
+        i + grid, ... (a grid of one program per item, or a persistent grid of one per SM)."""
         SUB_M: gl.constexpr = 64
-        pid_m = gl.program_id(0)
-        bh = gl.program_id(1)
-        b = bh // num_heads
-        h = bh % num_heads
-        kvh = b * (num_heads // group) + h // group  # KV head: its rows in the [B*Hkv*L_p, D] views
-        q_start = pid_m * (2 * SUB_M)
-        row = bh.to(gl.int64) * num_qb + q_start // BLOCK_Q
-        idx_row = Idx + row * width
-        cnt = Count + row * 8
-        n1 = gl.load(cnt + 0)
-        n2 = gl.load(cnt + 1)
-        n4 = gl.load(cnt + 2)
-        n8 = gl.load(cnt + 3)
-        # tiles per level, and how many of them hold only clean (unmasked) entries
-        t1 = _tiles(n1, BLOCK_KV, BLOCK_N)
-        t2 = _tiles(n2, BLOCK_KV // 2, BLOCK_N)
-        t4 = _tiles(n4, BLOCK_KV // 4, BLOCK_N)
-        t8 = _tiles(n8, BLOCK_KV // 8, BLOCK_N)
-        f1 = (gl.load(cnt + 4) * BLOCK_KV) // BLOCK_N
-        f2 = (gl.load(cnt + 5) * (BLOCK_KV // 2)) // BLOCK_N
-        f4 = (gl.load(cnt + 6) * (BLOCK_KV // 4)) // BLOCK_N
-        f8 = (gl.load(cnt + 7) * (BLOCK_KV // 8)) // BLOCK_N
+        first = gl.program_id(0)
+        step = gl.num_programs(0)
+        n_m = (q_len + 2 * SUB_M - 1) // (2 * SUB_M)
+        n_items = n_m * n_bh
 
         dtype: gl.constexpr = k1.dtype
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUB_M, D], dtype)
@@ -295,17 +332,17 @@ if HAVE_GLUON:
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, idx_row, cnt, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         t1, t2, t4, t8, f1, f2, f4, f8,
-                         row, b, h, bh, q_start, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         0, SUB_M, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, idx_row, cnt, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         t1, t2, t4, t8, f1, f2, f4, f8,
-                         row, b, h, bh, q_start, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         1, SUB_M, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
-            (_loader, (k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row,
-                       n1, n2, n4, n8, t1, t2, t4, t8, kvh, kv_len, len2, len4, len8,
-                       BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+                         sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+                         sq_b, sq_h, sq_l, so_b, so_h, so_l,
+                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+            (_loader, (k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, Idx, Count,
+                       first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -332,7 +369,7 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
     sig.update({
         "Out": ptr, "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32", "Idx": f"*{index_dtype}", "Count": "*i32",
         "qk_scale": "fp32", "q_len": "i32", "kv_len": "i32", "len2": "i32", "len4": "i32", "len8": "i32",
-        "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32",
+        "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32", "n_bh": "i32",
         "sq_b": "i64", "sq_h": "i64", "sq_l": "i32", "so_b": "i64", "so_h": "i64", "so_l": "i32",
     })
     consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,

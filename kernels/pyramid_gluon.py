@@ -39,16 +39,25 @@ softmax of a tile serialized with its matmuls. This one is written in Gluon
 * empty rows return zeros (lse -inf); epilogue ``row_scale * O +
   compensation`` and the natural-log LSE as in the Triton kernel.
 
-Launch config: 2 stages; ``BLOCK_N`` 128 for dense-like plans (more than
-half the possible entries active) and 64 for sparse ones (H200, 32k x 12:
-dense 10.97 vs 12.39 ms, binary 0.10 1.46 vs 1.34 ms, the pyramid mix 2.48
-vs 2.15 ms; results/reference/gluon_exec_h200_merged.json);
-``SPBENCH_GLUON_CONFIG="block_n=64"`` pins one. 3 stages are refused: with the level-1-only
-kernel (commit 00b5cd3) they were correct and 6% faster at 110k dense, but
-the kernel with pooled levels gives wrong results / illegal memory accesses
-with 3 stages on H200 (triton 3.6; results/reference/gluon_exec_h200_phase2.json),
-cause not found yet (the one visible difference: ptxas spills 16-36 bytes
-of scalars in the consumer with 3 stages, 8 with 2).
+Work items are (128 query rows, batch*head) pairs; the grid is one program
+per item, or with ``persistent`` one per SM looping over items (the rings
+and a prefetch of the next item's Q carry over). Persistent grids measured
+mixed on H200 (+7% on sparse 32k plans with 128-row tiles, -1..-6% on
+others; results/reference/gluon_exec_h200_v4*.json), so they are off by
+default.
+
+Launch config: ``BLOCK_N`` 128 for dense-like plans (more than half the
+possible entries active) and 64 for sparse ones (H200, 32k x 12: dense
+10.97 vs 12.39 ms, binary 0.10 1.46 vs 1.34 ms, the pyramid mix 2.48 vs
+2.15 ms; results/reference/gluon_exec_h200_merged.json); 2 pipeline stages
+with 128-row tiles, 3 with 64-row tiles (see :func:`config`).
+``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1"`` pins any of them.
+3 stages with 128-row tiles (224 KB of shared memory) are refused as
+untested. History: with the first loader (one scalar index load per TMA
+copy) 3 stages gave wrong results / illegal addresses with pooled levels
+(results/reference/gluon_exec_h200_phase2.json); since the loader reads a
+tile's indices as one vector they pass every GPU check (cause of the old
+failure not pinned down).
 
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
@@ -83,7 +92,11 @@ CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
 #: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
 AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
-STAGES_OK = (2,)
+STAGES_OK = (2, 3)
+#: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
+DEFAULT_STAGES = {64: 3, 128: 2}
+#: one program per SM looping over work items (True) or one program per item
+PERSISTENT_DEFAULT = False
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, block_n: int = 128) -> str | None:
@@ -107,18 +120,29 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     return None
 
 
-def config(kv_len: int, dense_like: bool = True) -> tuple[int, int]:
-    """(block_n, stages): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (see the module docstring)."""
+def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool]:
+    """(block_n, stages, persistent): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (module docstring)."""
     text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128 if dense_like else 64, "stages": 2}
+    fields = {"block_n": 128 if dense_like else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT)}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in fields or not value.strip().isdigit():
-            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128 or stages=2")
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3 or persistent=0|1")
         fields[name.strip()] = int(value)
-    if fields["block_n"] not in (64, 128) or fields["stages"] not in STAGES_OK:
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and stages one of {STAGES_OK}, got {fields}")
-    return fields["block_n"], fields["stages"]
+    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (0, 1):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and persistent 0 or 1, got {fields}")
+    stages = fields["stages"] or DEFAULT_STAGES[fields["block_n"]]
+    check_stages(fields["block_n"], stages)
+    return fields["block_n"], stages, bool(fields["persistent"])
+
+
+def check_stages(block_n: int, stages: int) -> None:
+    if stages not in STAGES_OK or (stages == 3 and block_n != 64):
+        raise SpbenchError(f"the Gluon path runs 2 stages, or 3 with 64-row tiles; got {stages} stages with {block_n}-row tiles")
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _gl_dtype(dtype: torch.dtype):
@@ -143,21 +167,22 @@ def run_plan_gluon(
     out: torch.Tensor | None = None,
     block_n: int | None = None,
     stages: int | None = None,
+    persistent: bool | None = None,
 ):
     """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
 
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
-    ``stages`` override :func:`config`.
+    ``stages`` / ``persistent`` override :func:`config`.
     """
     from spbench.kernels.pyramid_triton import _check, _dense_like, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
-    cfg_n, cfg_s = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
+    cfg_n, cfg_s, cfg_p = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
     block_n = block_n or cfg_n
-    stages = stages or cfg_s
-    if stages not in STAGES_OK:
-        raise SpbenchError(f"the Gluon path runs with stages in {STAGES_OK}, got {stages} (3 stages gave wrong results on H200)")
+    stages = stages or (cfg_s if block_n == cfg_n else DEFAULT_STAGES.get(block_n, 2))
+    persistent = cfg_p if persistent is None else bool(persistent)
+    check_stages(block_n, stages)
     reason = unsupported(q, k, v, plan, block_n)
     if reason:
         raise SpbenchError(f"the Gluon path {reason}")
@@ -187,18 +212,20 @@ def run_plan_gluon(
             descs += [descriptor(pyr.k[p].contiguous(), rows), descriptor(pyr.v[p].contiguous(), rows)]
     else:
         descs += descs[:2] * 3  # never read: LEVEL_MASK compiles those loads out
-    grid = ((lq + BLOCK_M - 1) // BLOCK_M, bsz * hq)
+    n_items = (lq + BLOCK_M - 1) // BLOCK_M * bsz * hq
+    grid = (min(n_items, _sm_count(q.device)) if persistent else n_items,)
     _gluon_fwd[grid](
         q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
         sched.idx, sched.count,
-        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width,
+        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width, bsz * hq,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
         CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
         num_warps=4, maxnreg=MAXNREG,
     )
-    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages}", "gluon", kernel="gluon", BLOCK_N=block_n, num_stages=stages,
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)}", "gluon", kernel="gluon",
+                         BLOCK_N=block_n, num_stages=stages, persistent=persistent,
                          levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 

@@ -56,6 +56,7 @@ print("RESULT " + json.dumps(out))
 def test_compiles_for_sm90():
     configs = [
         dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2, level_mask=15),
+        dict(dtype="bf16", d=128, block_kv=64, block_n=64, stages=3, level_mask=15),
         dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=2, level_mask=11, has_scale=True, has_comp=True, return_lse=True,
              index_dtype="i32"),
     ]
@@ -112,15 +113,18 @@ def test_kernel_switch_cpu(monkeypatch):
     monkeypatch.setenv(pyramid_triton.KERNEL_ENV, "auto")  # auto off sm_90: the Triton kernel
     pyramid_triton.run_plan(q, k, v, plan)
     assert tuning.chosen_config()["kernel"] == "triton"
-    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2")
-    assert pyramid_gluon.config(1000) == (64, 2)
-    for bad in ("block_n=96", "stages=3", "warps=4"):
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1")
+    assert pyramid_gluon.config(1000) == (64, 2, True)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64")
+    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.PERSISTENT_DEFAULT)
+    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "stages"):
         monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, bad)
         with pytest.raises(SpbenchError):
             pyramid_gluon.config(1000)
     monkeypatch.delenv(pyramid_gluon.CONFIG_ENV)
-    assert pyramid_gluon.config(1000) == (128, 2) and pyramid_gluon.config(110000) == (128, 2)
-    assert pyramid_gluon.config(1000, dense_like=False) == (64, 2)  # sparse plans: 64-row tiles (measured)
+    default = pyramid_gluon.PERSISTENT_DEFAULT
+    assert pyramid_gluon.config(1000) == (128, 2, default) and pyramid_gluon.config(110000) == (128, 2, default)
+    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, default)  # sparse plans: 64-row tiles, 3 stages (measured)
 
 
 GPU_CASES = [
@@ -136,12 +140,19 @@ GPU_CASES = [
     ("bfloat16", 128, 2, 1, 300, 1001, 128, 128, 128, 2, {"pooled": True}),
     ("float16", 64, 2, 2, 257, 517, 128, 128, 64, 2, {"pooled": True, "empty": True}),
     ("float16", 128, 2, 2, 256, 700, 256, 64, 64, 2, {"pooled": True, "epilogue": True}),
+    ("bfloat16", 128, 3, 3, 300, 2049, 128, 64, 64, 3, {"pooled": True}),
+    ("float16", 64, 4, 2, 257, 1517, 128, 128, 64, 3, {"pooled": True, "empty": True}),
+    ("bfloat16", 128, 2, 1, 256, 700, 256, 64, 64, 3, {"pooled": True, "epilogue": True}),
 ]
 
 
 @needs_sm90
+@pytest.mark.parametrize("programs", [0, 3], ids=["per-item", "persistent3"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}")
-def test_gluon_matches_reference(case):
+def test_gluon_matches_reference(case, programs, monkeypatch):
+    """Against the reference with one program per work item, and with a persistent grid of 3 programs
+    (each loops over many items: the rings and Q prefetch carry over from item to item)."""
+    from spbench.kernels import pyramid_gluon
     from spbench.kernels.pyramid_gluon import run_plan_gluon
     from spbench.kernels.reference import pyramid_attention_reference
 
@@ -160,7 +171,8 @@ def test_gluon_matches_reference(case):
         extras["row_scale"] = torch.rand(b, hq, levels.shape[2], device="cuda", generator=g) + 0.5
         extras["compensation"] = torch.randn(b, hq, levels.shape[2], d, device="cuda", generator=g)
     plan = Plan.from_levels(levels, lq, lk, bq, bk, False, extras=extras)
-    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages)
+    monkeypatch.setattr(pyramid_gluon, "_sm_count", lambda device: programs)
+    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=programs > 0)
     ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, bk, False, row_scale=extras.get("row_scale"),
                                             compensation=extras.get("compensation"), return_lse=True)
     tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
@@ -191,8 +203,10 @@ def test_run_plan_dispatch_gpu(monkeypatch):
         assert tuning.chosen_config()["kernel"] == "gluon"
         out = torch.empty(1, 500, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # strided out
         run_plan(q, k, v, plan, out=out, kernel="gluon")
-        tri_pooled = run_plan(q, k, v, pooled)  # pooled levels: auto keeps the Triton kernel (not measured faster yet)
+        tri_pooled = run_plan(q, k, v, pooled, kernel="triton")
         assert tuning.chosen_config()["kernel"] == "triton"
+        run_plan(q, k, v, pooled)  # pooled levels: auto takes the Gluon path too (AUTO_LEVEL_MASK)
+        assert tuning.chosen_config()["kernel"] == "gluon"
         gl_pooled = run_plan(q, k, v, pooled, kernel="gluon")
         assert tuning.chosen_config()["kernel"] == "gluon"
         causal = Plan.from_levels(_plan(1, 2, 500, 500, 128, 64, device="cuda"), 500, 500, 128, 64, True)
