@@ -64,13 +64,12 @@ if HAVE_GLUON:
             tma.async_copy_global_to_shared(desc, [row0 + r, 0], ready.index(slot), bufs.index(slot).slice(i * LR, LR))
 
     @gluon.jit
-    def _load_level(k_desc, v_desc, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_ptr, n, n_tiles, t0, row0,
+    def _load_level(desc, bufs, ready, empty, idx_ptr, n, n_tiles, t0, row0,
                     R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        LR: gl.constexpr = k_desc.block_type.shape[0]
+        LR: gl.constexpr = desc.block_type.shape[0]
         for tl in range(n_tiles):
             rows = _tile_rows(idx_ptr, n, tl, R, BLOCK_N, LR)  # issued before the wait for a free slot, which hides it
-            _load_tile(k_desc, k_bufs, k_ready, k_empty, rows, t0 + tl, row0, BLOCK_N, STAGES)
-            _load_tile(v_desc, v_bufs, v_ready, v_empty, rows, t0 + tl, row0, BLOCK_N, STAGES)
+            _load_tile(desc, bufs, ready, empty, rows, t0 + tl, row0, BLOCK_N, STAGES)
         return t0 + n_tiles
 
     @gluon.jit
@@ -90,11 +89,13 @@ if HAVE_GLUON:
         return (n * R + BLOCK_N - 1) // BLOCK_N
 
     @gluon.jit
-    def _loader(k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, Idx, Count,
+    def _loader(x1, x2, x4, x8, bufs, ready, empty, Idx, Count,
                 first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                 BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
-        """1 warp: for each work item, walks levels 1, 2, 4, 8 in the schedule's order; one tile counter
-        over all items drives the rings, so the next item's tiles load while the consumers finish this one."""
+        """1 warp, one operand (K or V: each has its own loader, which doubles the copy-issue rate that
+        pooled tiles of many small entries need): for each work item, walks levels 1, 2, 4, 8 in the
+        schedule's order; one tile counter over all items drives the ring, so the next item's tiles
+        load while the consumers finish this one."""
         t = 0
         for item in range(first, n_items, step):
             b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
@@ -105,17 +106,17 @@ if HAVE_GLUON:
             n4 = gl.load(cnt + 2)
             n8 = gl.load(cnt + 3)
             if LEVEL_MASK & 1:
-                t = _load_level(k1, v1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row, n1,
-                                _tiles(n1, BLOCK_KV, BLOCK_N), t, kvh * kv_len, BLOCK_KV, BLOCK_N, STAGES)
+                t = _load_level(x1, bufs, ready, empty, idx_row, n1, _tiles(n1, BLOCK_KV, BLOCK_N), t, kvh * kv_len,
+                                BLOCK_KV, BLOCK_N, STAGES)
             if LEVEL_MASK & 2:
-                t = _load_level(k2, v2, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1, n2,
-                                _tiles(n2, BLOCK_KV // 2, BLOCK_N), t, kvh * len2, BLOCK_KV // 2, BLOCK_N, STAGES)
+                t = _load_level(x2, bufs, ready, empty, idx_row + n1, n2, _tiles(n2, BLOCK_KV // 2, BLOCK_N), t, kvh * len2,
+                                BLOCK_KV // 2, BLOCK_N, STAGES)
             if LEVEL_MASK & 4:
-                t = _load_level(k4, v4, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2, n4,
-                                _tiles(n4, BLOCK_KV // 4, BLOCK_N), t, kvh * len4, BLOCK_KV // 4, BLOCK_N, STAGES)
+                t = _load_level(x4, bufs, ready, empty, idx_row + n1 + n2, n4, _tiles(n4, BLOCK_KV // 4, BLOCK_N), t, kvh * len4,
+                                BLOCK_KV // 4, BLOCK_N, STAGES)
             if LEVEL_MASK & 8:
-                t = _load_level(k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, idx_row + n1 + n2 + n4, n8,
-                                _tiles(n8, BLOCK_KV // 8, BLOCK_N), t, kvh * len8, BLOCK_KV // 8, BLOCK_N, STAGES)
+                t = _load_level(x8, bufs, ready, empty, idx_row + n1 + n2 + n4, n8, _tiles(n8, BLOCK_KV // 8, BLOCK_N), t, kvh * len8,
+                                BLOCK_KV // 8, BLOCK_N, STAGES)
 
     @gluon.jit
     def _pick(lvl, a0, a1, a2, a3):
@@ -340,10 +341,13 @@ if HAVE_GLUON:
                          first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
                          1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
-            (_loader, (k1, v1, k2, v2, k4, v4, k8, v8, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, Idx, Count,
+            (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
                        first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                        BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
-        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+            (_loader, (v1, v2, v4, v8, v_bufs, v_ready, v_empty, Idx, Count,
+                       first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
+        ], [4, 1, 1], [CONSUMER_REGS, LOADER_REGS, LOADER_REGS])
 
 
 def load_rows(block_kv: int, block_n: int, level: int) -> int:
