@@ -68,6 +68,8 @@ levels).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from spbench.errors import SpbenchError
@@ -149,11 +151,16 @@ def _gl_dtype(dtype: torch.dtype):
     return gl.bfloat16 if dtype == torch.bfloat16 else gl.float16
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(rows: int, d: int, dtype: torch.dtype):
+    # cached: building it costs more host time than the rest of a launch (8 descriptors per call)
+    return gl.NVMMASharedLayout.get_default_for([rows, d], _gl_dtype(dtype))
+
+
 def descriptor(t: torch.Tensor, rows: int):
     """TMA descriptor over the [B*Hkv*L, D] view of a contiguous [B, Hkv, L, D] tensor, ``rows`` rows per load."""
     d = t.shape[-1]
-    layout = gl.NVMMASharedLayout.get_default_for([rows, d], _gl_dtype(t.dtype))
-    return TensorDescriptor.from_tensor(t.reshape(-1, d), [rows, d], layout)
+    return TensorDescriptor.from_tensor(t.view(-1, d), [rows, d], _smem_layout(rows, d, t.dtype))
 
 
 def run_plan_gluon(
