@@ -74,16 +74,27 @@ def sampled_positions(offsets: torch.Tensor, length: int, block: int) -> torch.T
 
 
 @triton.jit
+def sample_major_source(r, G: tl.constexpr, S: tl.constexpr):
+    """Gathered row ``r`` -> its index ``block * S + sample`` in the block-major list of sampled rows.
+
+    Blocks are interleaved in groups of ``G``: row ``grp * G * S + s * G + j``
+    holds sample ``s`` of block ``grp * G + j`` (``G = 1``: the identity).
+    """
+    return ((r // (G * S)) * G + r % G) * S + (r // G) % S
+
+
+@triton.jit
 def _gather_rows(
     SRC, POS, DST, DSC,
     ssb, ssh, ssl, ssd,
     bh0, hq, group, n, n_pad,
-    D: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
 ):
-    """DST[bh, r] = SRC[b, h // group, POS[h, r]] for r < n, zeros up to n_pad (so tiles load unmasked).
+    """DST[bh, r] = SRC[b, h // group, POS[h, i(r)]] where i(r) < n, zeros elsewhere up to n_pad (tiles load unmasked).
 
-    ``FP8``: DST holds e4m3 rows, each scaled to its own max (fp8_rows),
-    and DSC[bh, r] the row's fp32 scale.
+    ``i(r)`` = :func:`sample_major_source` (``S`` samples per block, blocks
+    interleaved in groups of ``G``). ``FP8``: DST holds e4m3 rows, each
+    scaled to its own max (fp8_rows), and DSC[bh, r] the row's fp32 scale.
     """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -92,8 +103,9 @@ def _gather_rows(
     h = bh % hq
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     dims = tl.arange(0, D).to(tl.int64)
-    ok = rows < n
-    pos = tl.load(POS + h * n + rows, mask=ok, other=0).to(tl.int64)
+    src_rows = sample_major_source(rows, G, S)
+    ok = src_rows < n
+    pos = tl.load(POS + h * n + src_rows, mask=ok, other=0).to(tl.int64)
     src = SRC + b.to(tl.int64) * ssb + (h // group).to(tl.int64) * ssh
     x = tl.load(src + pos[:, None] * ssl + dims[None, :] * ssd, mask=ok[:, None], other=0.0)
     dst = DST + pid_bh.to(tl.int64) * n_pad * D + rows.to(tl.int64)[:, None] * D + dims[None, :]
@@ -109,7 +121,7 @@ def _sampled_rowmax(
     bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
     BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, G: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -153,17 +165,22 @@ def _sampled_rowmax(
         if FP8:  # key scales before the max; the query row's after it (positive: it commutes)
             s = s * tl.load(KSC + pid_bh.to(tl.int64) * n_cols_pad + cols)[None, :]
         if CAUSAL:
-            kpos = tl.load(KPOS + h * n_cols + cols, mask=cols < n_cols, other=2147483647)
+            src = sample_major_source(cols, G, SK)  # the gathered column's sampled key
+            kpos = tl.load(KPOS + h * n_cols + src, mask=src < n_cols, other=2147483647)
             s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
         # Scaling by qk_scale > 0 commutes with the max (rounding is monotonic),
         # so scale the BLOCK_M x KB maxima, not the BLOCK_M x BLOCK_N logits.
         kvb = t * KB + tl.arange(0, KB)
+        # sample-major columns (g, sample, j) -> block t * KB + g * G + j: the reduced axis
+        # is the MMA accumulator's register axis, so the max needs no cross-lane shuffles
+        bmax = tl.reshape(tl.max(tl.reshape(s, [BLOCK_M, BLOCK_N // (G * SK), SK, G]), axis=2), [BLOCK_M, KB])
         if FP8:
-            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale[:, None]
+            bmax = bmax * row_scale[:, None]
         else:
-            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale
+            bmax = bmax * row_scale
         bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))  # zero-padded keys past the end
-        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+        # columns nkv..ld-1 of a row are padding: writing -inf there keeps the mask row-uniform (vector stores)
+        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None])
         m_acc = tl.maximum(m_acc, bmax)
     tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + rows, tl.max(m_acc, axis=1), mask=rows < n_rows)
 
@@ -207,7 +224,10 @@ def _normalise_rows(scores: torch.Tensor) -> torch.Tensor:
 # pointer loads (no address registers, asynchronous bulk copies); on an H200
 # at 32k and 110k x 40 heads (d=128) TMA 128 x 128 / 8 warps won, 21% ahead
 # of the best pointer-load config (results/reference/scorers_h200.json).
-_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
+# BLOCK_N >= 128 everywhere, so 8 KV blocks of 16 samples interleave in one
+# tile (key_interleave); a 128 x 64 tile, the slowest candidate in every
+# H200 tuning record, would have forced 4.
+_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
 GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3, 1)), 64: _COMMON}
 # fp8 operands take half the shared memory per stage: deeper pipelines fit (tried only in fp8).
 FP8_EXTRA = ((64, 256, 4, 4), (64, 256, 4, 3, 1))
@@ -241,6 +261,20 @@ def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = N
     return out
 
 
+def key_interleave(sk: int, configs: list[dict[str, int]]) -> int:
+    """KV blocks per interleave group of the gathered keys: up to 8, with ``G * sk`` dividing every BLOCK_N.
+
+    The wgmma accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``:
+    with 8 blocks interleaved (column ``s * 8 + j`` = sample s of block j) a
+    thread holds every sample of its blocks, so the per-block max is
+    in-register; fewer blocks (G = 4, 2) leave 1, 2 shuffle rounds.
+    """
+    group = 8
+    while group > 1 and any(c["BLOCK_N"] % (group * sk) for c in configs):
+        group //= 2
+    return group
+
+
 def psa_importance(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -254,6 +288,7 @@ def psa_importance(
     tile: int | None = None,
     config: dict[str, int] | None = None,
     fp8: bool = False,
+    interleave: int | None = None,
 ) -> torch.Tensor:
     """Sampled block importance with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``, rows summing to 1.
 
@@ -265,7 +300,10 @@ def psa_importance(
     within a block (see :func:`sample_offsets`); sq and sk powers of two.
     ``tile`` pins a square tile (``BLOCK_M = BLOCK_N = tile``) instead of
     the per-shape autotune (:mod:`spbench.kernels.score_tuning`), ``config``
-    a whole launch config (see :func:`rowmax_configs`).
+    a whole launch config (see :func:`rowmax_configs`). ``interleave``:
+    KV blocks per interleave group of the gathered keys (default
+    :func:`key_interleave`; 1 = block-major, the layout before the
+    sample-major one, kept for comparisons).
     """
     bsz, hq, lq, dim = q.shape
     hkv, lk = k.shape[1], k.shape[2]
@@ -278,6 +316,9 @@ def psa_importance(
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     n_rows, n_cols = nq * sq, nkv * sk
     configs = [config] if config is not None else rowmax_configs(q.device, dim, sk, tile, fp8)
+    group = key_interleave(sk, configs) if interleave is None else interleave
+    if group < 1 or group & (group - 1) or any(c["BLOCK_N"] % (group * sk) for c in configs):
+        raise ValueError(f"interleave must be a power of two with interleave * k_samples dividing BLOCK_N, got {group} x {sk}")
     pad = max(ROW_PAD, *(c["BLOCK_N"] for c in configs), *(c["BLOCK_M"] for c in configs))
     n_rows_pad, n_cols_pad = math.ceil(n_rows / pad) * pad, math.ceil(n_cols / pad) * pad
     ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
@@ -297,12 +338,12 @@ def psa_importance(
     q_scale = torch.empty(chunk, n_rows_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
     k_scale = torch.empty(chunk, n_cols_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
     dot_f32 = dot_in_fp32(q) or (fp8 and interpreting())
-    key = (str(row_dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length())
+    key = (str(row_dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length(), group)
     block_j = 128
     for bh0 in range(0, bsz * hq, chunk):
         n_bh = min(chunk, bsz * hq - bh0)
-        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, q_scale, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64, FP8=fp8)
-        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, k_scale, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64, FP8=fp8)
+        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, q_scale, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64, FP8=fp8, G=1, S=sq)
+        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, k_scale, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64, FP8=fp8, G=group, S=sk)
 
         def launch(cfg, bh0=bh0, n_bh=n_bh):
             qd, kd = qs, ks  # unused placeholders unless TMA
@@ -312,7 +353,7 @@ def psa_importance(
             _sampled_rowmax[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
                 qs, ks, qd, kd, qpos, kpos, rmax, max_all, q_scale, k_scale,
                 bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
-                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, **cfg,
+                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, G=group, **cfg,
             )
 
         cfg = configs[0] if len(configs) == 1 else score_tuning.pick("psa_rowmax", key, configs, launch, q.device)
