@@ -4,10 +4,11 @@
 
 Correctness: psa sampled importance and XAttention antidiagonal scores at
 ``--seq`` tokens, 4 query heads over 2 KV heads (GQA), causal and not, bf16
-(and a ragged length), every autotune candidate of both kernels, compared
-with the plain-PyTorch references (fp32 accumulation there); the fp8
-variants (score_dtype=fp8) against the references on the very values they
-multiply (the GPU quantizer's output, dequantized), and the GPU quantizer
+(and a ragged length), every autotune candidate of both kernels (psa also
+with key interleaves 1, 2, 4), compared with the plain-PyTorch references
+(fp32 accumulation there); the fp8 variants (score_dtype=fp8; psa with
+per-block and per-row key scales) against the references on the very
+values they multiply (the GPU quantizer's output, dequantized), and the GPU quantizer
 against its PyTorch reference (share of entries one e4m3 step apart).
 Timing: the scorer calls alone at ``--bench-seq`` x 40 heads (video
 workload), CUDA events with L2 flushed, next to the fastest dense SDPA, with
@@ -27,7 +28,7 @@ from triton.runtime.errors import OutOfResources
 
 from spbench.kernels.fp8_rows import dequantize_rows, quantize_rows, quantize_rows_reference
 from spbench.kernels.antidiag import antidiagonal_scores, antidiagonal_scores_reference, tile_configs, tma_ok
-from spbench.kernels.psa_score import psa_importance, psa_importance_reference, rowmax_configs, sample_offsets
+from spbench.kernels.psa_score import FP8_KEY_SCALES, psa_importance, psa_importance_reference, rowmax_configs, sample_offsets
 from spbench.parsing import parse_seq
 from spbench.timing import time_fn
 from spbench.workloads import make_qkv
@@ -53,11 +54,15 @@ def check(seq: int) -> list[dict]:
             for cfg in rowmax_configs(q.device, 128, 16):
                 err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg), want)
                 rows.append(dict(kernel="psa", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
-            q8, k8 = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lq)
-            want = psa_importance_reference(q8, k8, q_off, k_off, 128, 64, causal)
-            for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
-                err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True), want)
-                rows.append(dict(kernel="psa_fp8", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
+            for key_scale in FP8_KEY_SCALES:  # the reference quantizes the gathered rows with the GPU quantizer
+                want = psa_importance_reference(q, k, q_off, k_off, 128, 64, causal, fp8=True, fp8_key_scale=key_scale)
+                for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
+                    err = _err(lambda cfg=cfg: psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True, fp8_key_scale=key_scale), want)
+                    rows.append(dict(kernel=f"psa_fp8_{key_scale}", lq=lq, causal=causal, config=score_tuning.label(cfg), max_err=err))
+            for group in (1, 2, 4):  # other key interleaves (the default is 8)
+                want = psa_importance_reference(q, k, q_off, k_off, 128, 64, causal)
+                err = _err(lambda group=group: psa_importance(q, k, q_off, k_off, 128, 64, causal, interleave=group), want)
+                rows.append(dict(kernel=f"psa_interleave{group}", lq=lq, causal=causal, config="autotuned", max_err=err))
             for stride in (8, 16):
                 want = antidiagonal_scores_reference(q, k, stride, 128, 128, causal)
                 for cfg in tile_configs(q.device, 128 // stride, tma=tma_ok(q, k, stride)):
@@ -87,6 +92,9 @@ def bench(seq: int, heads: int = 40) -> dict:
         "xattn8": lambda: antidiagonal_scores(q, k, 8, 128, 128, False),
         "xattn16": lambda: antidiagonal_scores(q, k, 16, 128, 128, False),
         "psa_fp8": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True),
+        "psa_fp8_rowscale": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True, fp8_key_scale="row"),
+        "psa_fp8_blockmajor": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True, fp8_key_scale="row", interleave=1),
+        "psa_blockmajor": lambda: psa_importance(q, k, q_off, k_off, 128, 64, False, interleave=1),
         "xattn8_fp8": lambda: antidiagonal_scores(q, k, 8, 128, 128, False, fp8=True),
         "xattn16_fp8": lambda: antidiagonal_scores(q, k, 16, 128, 128, False, fp8=True),
         "quantize_q_g8": lambda: quantize_rows(q, 8),

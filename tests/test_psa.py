@@ -112,6 +112,17 @@ def test_triton_key_interleave(interleave):
         torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 32, causal), atol=1e-5, rtol=0)
 
 
+def test_triton_wide_tiles_of_small_blocks():
+    # 256-wide tiles of 8-sample blocks: 32 KV blocks per tile but only 10 in the sequence, so the
+    # scratch rows must hold a whole tile (the padding blocks are written)
+    q, k = torch.randn(1, 2, 300, 64), torch.randn(1, 1, 300, 64)
+    q_off, k_off = sample_offsets(2, 128, 32, 6, 1), sample_offsets(2, 32, 8, 6, 2)
+    cfg = dict(BLOCK_M=64, BLOCK_N=256, num_warps=4, num_stages=1, TMA=0)
+    for causal in (True, False):
+        got = psa_importance(q, k, q_off, k_off, 128, 32, causal, config=cfg)
+        torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 32, causal), atol=1e-5, rtol=0)
+
+
 def test_key_interleave_rules():
     from spbench.kernels.psa_score import key_interleave
 
@@ -139,7 +150,7 @@ def test_kernel_compiles_for_h100_without_spills(fp8):
         assert group == 8  # the sample-major layout whose per-block max needs no shuffles
         for bm, bn, warps, stages, *tma in gpu_candidates(d, fp8):  # every candidate the GPU autotune may pick
             bn = max(bn, sk)
-            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0, FP8=fp8, G=group)
+            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0, FP8=2 if fp8 else 0, G=group)
             descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
             descs.update(QS=f"*{elem}", KS=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
