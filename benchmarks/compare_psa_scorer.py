@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.1)
     ap.add_argument("--before", default=None, help="path of an older kernels/psa_score.py to time as 'before'")
     ap.add_argument("--dtypes", default="fp8,input", help="score_dtype values to time")
+    ap.add_argument("--cells", default=None, help="variant/dtype labels to time (default: every variant at every dtype)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
@@ -102,6 +103,8 @@ def main() -> None:
     for score_dtype in args.dtypes.split(","):
         for name, fn in fns.items():
             label = f"{name}/{score_dtype}"
+            if args.cells and label not in args.cells.split(","):
+                continue
             method = spbench.get_method("psa", budget=args.budget, score_dtype=score_dtype)
             psa_method.psa_importance = fn
             try:
