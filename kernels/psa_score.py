@@ -271,8 +271,13 @@ ROW_PAD = 256  # gathered rows are padded to a multiple of this (>= every BLOCK_
 
 
 def gpu_candidates(dim: int, fp8: bool = False) -> list[tuple[int, ...]]:
-    """GPU autotune candidates for head dim ``dim``; in fp8 a d=64 128 x 128 tile on 4 warps spills 16 B on sm_90, so it is left out."""
+    """GPU autotune candidates for head dim ``dim``; in fp8 a d=64 128 x 128 tile on 4 warps spills 16 B on sm_90, so it is left out.
+
+    All fit sm_90's registers (no spills) and shared memory (tests/test_psa.py).
+    """
     raw = list(GPU_CONFIGS.get(dim, _COMMON))
+    if not fp8:  # 16-bit 128 x 256 tiles: 3 stages plus the scratch store's layout conversion pass sm_90's 227 KB
+        raw = [(bm, bn, w, 2 if (bm, bn) == (128, 256) else st, *tma) for bm, bn, w, st, *tma in raw]
     if fp8 and dim <= 64:
         raw = [c for c in raw if not (c[0] * c[1] >= 128 * 128 and c[2] == 4)]
     if fp8 and dim >= 128:

@@ -164,6 +164,7 @@ def test_kernel_compiles_for_h100_without_spills(fp8):
         # per-block maxima stay in registers: the only butterfly shuffles left are the
         # row max over the [BLOCK_M, KB] slots after the loop (block-major keys: 32-64)
         assert res["shfl_bfly"] <= 8, (cfg, res)
+        assert res["SHARED"] <= 232448, (cfg, res)  # sm_90's shared memory per block (227 KB)
 
 
 @pytest.mark.parametrize("cfg", [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1, TMA=tma[0] if tma else 0) for bm, bn, w, _, *tma in
