@@ -22,7 +22,12 @@ Triton path, never materialising the sampled Q K^T:
 0. ``_gather_rows``: the sampled Q rows and K rows (per query head) are
    copied into contiguous, zero-padded ``[rows, D]`` buffers (1/4 of Q and
    of K at the default sampling), so the scoring tiles load unmasked and
-   pipeline like a plain GEMM.
+   pipeline like a plain GEMM. The keys go in sample-major order within
+   groups of G = 8 KV blocks (row ``s * G + j`` of a group = sample s of
+   its block j; :func:`key_interleave`): in the wgmma accumulator a thread
+   holds columns ``8 i + 2 (lane % 4) + {0, 1}``, i.e. every sample of 2
+   blocks, so the per-block max is a register reduction (block-major
+   columns needed 2 butterfly-shuffle rounds per value and tile).
 1. ``_sampled_rowmax``: one program per (BLOCK_M sampled query rows,
    batch*head), looping over tiles of BLOCK_N sampled keys: one ``tl.dot``
    per tile, the max over each KV block's sampled keys written to scratch
@@ -34,7 +39,9 @@ Triton path, never materialising the sampled Q K^T:
 
 Tile shapes / warps / stages are autotuned per shape on CUDA
 (:mod:`spbench.kernels.score_tuning`). With ``fp8=True`` the sampled rows are
-e4m3 with per-row scales (the gather quantizes them). The per-block maxima
+e4m3 (the gather quantizes them) with one scale per query row and one per
+KV block of sampled keys, which multiplies the block's max instead of every
+logit (``fp8_key_scale="row"``: per key row, before the max). The per-block maxima
 stay fp32: an fp16 scratch (half the traffic of step 2) measured slower
 overall on an H200 at 110k (results/reference/scorers_fp8_h200_v2.json:
 23.7 vs 20.4 ms). Scratch is NQ*sq x NKV fp32 plus the
@@ -53,7 +60,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
 from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting
-from spbench.kernels.fp8_rows import FP8_DTYPE, quantize_tile
+from spbench.kernels.fp8_rows import FP8_DTYPE, dequantize_rows, quantize_rows, quantize_tile, round_to_e4m3
 
 
 def sample_offsets(heads: int, block: int, samples: int, seed: int, salt: int = 0) -> torch.Tensor:
@@ -74,16 +81,29 @@ def sampled_positions(offsets: torch.Tensor, length: int, block: int) -> torch.T
 
 
 @triton.jit
+def sample_major_source(r, G: tl.constexpr, S: tl.constexpr):
+    """Gathered row ``r`` -> its index ``block * S + sample`` in the block-major list of sampled rows.
+
+    Blocks are interleaved in groups of ``G``: row ``grp * G * S + s * G + j``
+    holds sample ``s`` of block ``grp * G + j`` (``G = 1``: the identity).
+    """
+    return ((r // (G * S)) * G + r % G) * S + (r // G) % S
+
+
+@triton.jit
 def _gather_rows(
     SRC, POS, DST, DSC,
     ssb, ssh, ssl, ssd,
     bh0, hq, group, n, n_pad,
-    D: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr,
+    D: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
 ):
-    """DST[bh, r] = SRC[b, h // group, POS[h, r]] for r < n, zeros up to n_pad (so tiles load unmasked).
+    """DST[bh, r] = SRC[b, h // group, POS[h, i(r)]] where i(r) < n, zeros elsewhere up to n_pad (tiles load unmasked).
 
-    ``FP8``: DST holds e4m3 rows, each scaled to its own max (fp8_rows),
-    and DSC[bh, r] the row's fp32 scale.
+    ``i(r)`` = :func:`sample_major_source` (``S`` samples per block, blocks
+    interleaved in groups of ``G``). ``FP8`` 1: DST holds e4m3 rows, each
+    scaled to its own max (fp8_rows), and DSC[bh, r] the row's fp32 scale;
+    2: one scale per block of ``S`` sampled rows, DSC[bh, block] (BLOCK a
+    multiple of ``G * S``, so a program holds whole interleave groups).
     """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -92,15 +112,36 @@ def _gather_rows(
     h = bh % hq
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     dims = tl.arange(0, D).to(tl.int64)
-    ok = rows < n
-    pos = tl.load(POS + h * n + rows, mask=ok, other=0).to(tl.int64)
+    src_rows = sample_major_source(rows, G, S)
+    ok = src_rows < n
+    pos = tl.load(POS + h * n + src_rows, mask=ok, other=0).to(tl.int64)
     src = SRC + b.to(tl.int64) * ssb + (h // group).to(tl.int64) * ssh
     x = tl.load(src + pos[:, None] * ssl + dims[None, :] * ssd, mask=ok[:, None], other=0.0)
     dst = DST + pid_bh.to(tl.int64) * n_pad * D + rows.to(tl.int64)[:, None] * D + dims[None, :]
-    if FP8:
+    if FP8 == 1:
         x, scale = quantize_tile(x, BLOCK, 1, D)
         tl.store(DSC + pid_bh.to(tl.int64) * n_pad + rows, scale, mask=rows < n_pad)
+    if FP8 == 2:
+        x, scale = _quantize_interleaved(x, BLOCK, G, S)
+        blocks = pid * (BLOCK // S) + tl.arange(0, BLOCK // S)
+        tl.store(DSC + pid_bh.to(tl.int64) * (n_pad // S) + blocks, scale)
     tl.store(dst, x, mask=(rows < n_pad)[:, None])
+
+
+@triton.jit
+def _quantize_interleaved(x, BLOCK: tl.constexpr, G: tl.constexpr, S: tl.constexpr):
+    """Sample-major ``[BLOCK, D]`` rows -> (e4m3 rows, fp32 scales ``[BLOCK // S]`` in block order), one scale per block.
+
+    Row ``g * G * S + s * G + j`` belongs to block ``g * G + j``; the same
+    arithmetic as fp8_rows.quantize_tile with groups of S consecutive rows
+    (block-major order), so both give the same bytes.
+    """
+    x = x.to(tl.float32)
+    amax = tl.max(tl.reshape(tl.max(tl.abs(x), axis=1), [BLOCK // (G * S), S, G]), axis=1)  # [groups, G]
+    inv = tl.where(amax > 0.0, 448.0 / tl.maximum(amax, 1e-30), 0.0)
+    inv_rows = tl.reshape(tl.broadcast_to(tl.expand_dims(inv, 1), [BLOCK // (G * S), S, G]), [BLOCK])
+    y = round_to_e4m3(x * inv_rows[:, None])
+    return y.to(tl.float8e4nv), tl.reshape(amax, [BLOCK // S]) / 448.0
 
 
 @triton.jit
@@ -109,7 +150,7 @@ def _sampled_rowmax(
     bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
     BQ: tl.constexpr, BKV: tl.constexpr, SQ: tl.constexpr, SK: tl.constexpr, D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, TMA: tl.constexpr,
-    FP8: tl.constexpr,
+    FP8: tl.constexpr, G: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -150,20 +191,28 @@ def _sampled_rowmax(
         if DOT_F32:
             kt = kt.to(tl.float32)
         s = tl.dot(qt, tl.trans(kt))
-        if FP8:  # key scales before the max; the query row's after it (positive: it commutes)
+        if FP8 == 1:  # per-row key scales before the max; per-block ones and the query row's after it (positive: they commute)
             s = s * tl.load(KSC + pid_bh.to(tl.int64) * n_cols_pad + cols)[None, :]
         if CAUSAL:
-            kpos = tl.load(KPOS + h * n_cols + cols, mask=cols < n_cols, other=2147483647)
+            src = sample_major_source(cols, G, SK)  # the gathered column's sampled key
+            kpos = tl.load(KPOS + h * n_cols + src, mask=src < n_cols, other=2147483647)
             s = tl.where(kpos[None, :] <= qpos[:, None], s, float("-inf"))
         # Scaling by qk_scale > 0 commutes with the max (rounding is monotonic),
         # so scale the BLOCK_M x KB maxima, not the BLOCK_M x BLOCK_N logits.
         kvb = t * KB + tl.arange(0, KB)
+        # sample-major columns (g, sample, j) -> block t * KB + g * G + j: the reduced axis
+        # is the MMA accumulator's register axis, so the max needs no cross-lane shuffles
+        bmax = tl.reshape(tl.max(tl.reshape(s, [BLOCK_M, BLOCK_N // (G * SK), SK, G]), axis=2), [BLOCK_M, KB])
+        if FP8 == 2:  # a zero block (scale 0) has logits 0 or -inf: any positive scale keeps them
+            k_scale = tl.load(KSC + pid_bh.to(tl.int64) * (n_cols_pad // SK) + kvb)
+            bmax = bmax * tl.where(k_scale > 0.0, k_scale, 1.0)[None, :]
         if FP8:
-            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale[:, None]
+            bmax = bmax * row_scale[:, None]
         else:
-            bmax = tl.max(tl.reshape(s, [BLOCK_M, KB, SK]), axis=2) * row_scale
+            bmax = bmax * row_scale
         bmax = tl.where((kvb < nkv)[None, :], bmax, float("-inf"))  # zero-padded keys past the end
-        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+        # columns nkv..ld-1 of a row are padding: writing -inf there keeps the mask row-uniform (vector stores)
+        tl.store(out_base + rows64[:, None] * ld + kvb[None, :], bmax, mask=(rows < n_rows)[:, None])
         m_acc = tl.maximum(m_acc, bmax)
     tl.store(MAXALL + pid_bh.to(tl.int64) * n_rows + rows, tl.max(m_acc, axis=1), mask=rows < n_rows)
 
@@ -207,17 +256,28 @@ def _normalise_rows(scores: torch.Tensor) -> torch.Tensor:
 # pointer loads (no address registers, asynchronous bulk copies); on an H200
 # at 32k and 110k x 40 heads (d=128) TMA 128 x 128 / 8 warps won, 21% ahead
 # of the best pointer-load config (results/reference/scorers_h200.json).
-_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 64, 4, 4), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
-GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3, 1)), 64: _COMMON}
+# BLOCK_N >= 128 everywhere, so 8 KV blocks of 16 samples interleave in one
+# tile (key_interleave); a 128 x 64 tile, the slowest candidate in every
+# H200 tuning record, would have forced 4.
+_COMMON = ((128, 128, 8, 3), (128, 128, 4, 3), (64, 128, 4, 3), (128, 128, 8, 3, 1), (64, 128, 4, 3, 1))
+# 256 x 128 with TMA: half the K reloads from L2 of a 128-row tile (fits in
+# registers since the per-block max stopped needing shuffles).
+GPU_CONFIGS = {128: _COMMON + ((128, 256, 8, 3), (64, 256, 4, 3), (256, 128, 8, 3), (128, 256, 8, 3, 1), (256, 128, 8, 3, 1)), 64: _COMMON}
 # fp8 operands take half the shared memory per stage: deeper pipelines fit (tried only in fp8).
-FP8_EXTRA = ((64, 256, 4, 4), (64, 256, 4, 3, 1))
+FP8_EXTRA = ((64, 256, 4, 4), (64, 256, 4, 3, 1), (128, 128, 8, 4, 1))
 INTERPRETER_CONFIG = (64, 64, 4, 1)
+FP8_KEY_SCALES = ("row", "block")  # fp8 key-scale granularity: per sampled key row, per KV block of them
 ROW_PAD = 256  # gathered rows are padded to a multiple of this (>= every BLOCK_M / BLOCK_N)
 
 
 def gpu_candidates(dim: int, fp8: bool = False) -> list[tuple[int, ...]]:
-    """GPU autotune candidates for head dim ``dim``; in fp8 a d=64 128 x 128 tile on 4 warps spills 16 B on sm_90, so it is left out."""
+    """GPU autotune candidates for head dim ``dim``; in fp8 a d=64 128 x 128 tile on 4 warps spills 16 B on sm_90, so it is left out.
+
+    All fit sm_90's registers (no spills) and shared memory (tests/test_psa.py).
+    """
     raw = list(GPU_CONFIGS.get(dim, _COMMON))
+    if not fp8:  # 16-bit 128 x 256 tiles: 3 stages plus the scratch store's layout conversion pass sm_90's 227 KB
+        raw = [(bm, bn, w, 2 if (bm, bn) == (128, 256) else st, *tma) for bm, bn, w, st, *tma in raw]
     if fp8 and dim <= 64:
         raw = [c for c in raw if not (c[0] * c[1] >= 128 * 128 and c[2] == 4)]
     if fp8 and dim >= 128:
@@ -241,6 +301,20 @@ def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = N
     return out
 
 
+def key_interleave(sk: int, configs: list[dict[str, int]]) -> int:
+    """KV blocks per interleave group of the gathered keys: up to 8, with ``G * sk`` dividing every BLOCK_N.
+
+    The wgmma accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``:
+    with 8 blocks interleaved (column ``s * 8 + j`` = sample s of block j) a
+    thread holds every sample of its blocks, so the per-block max is
+    in-register; fewer blocks (G = 4, 2) leave 1, 2 shuffle rounds.
+    """
+    group = 8
+    while group > 1 and any(c["BLOCK_N"] % (group * sk) for c in configs):
+        group //= 2
+    return group
+
+
 def psa_importance(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -254,18 +328,27 @@ def psa_importance(
     tile: int | None = None,
     config: dict[str, int] | None = None,
     fp8: bool = False,
+    interleave: int | None = None,
+    fp8_key_scale: str = "block",
 ) -> torch.Tensor:
     """Sampled block importance with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``, rows summing to 1.
 
-    ``fp8``: the gathered rows are stored as e4m3 with one scale per row
-    (:mod:`spbench.kernels.fp8_rows`) and multiplied on fp8 tensor cores
-    (fp32 accumulation).
+    ``fp8``: the gathered rows are stored as e4m3 (:mod:`spbench.kernels.
+    fp8_rows` rounding) and multiplied on fp8 tensor cores (fp32
+    accumulation): one scale per sampled query row, and per KV block of
+    sampled key rows (``fp8_key_scale="block"``, the default: the scale
+    multiplies the block's max, not every logit) or per sampled key row
+    (``"row"``). :func:`psa_importance_reference` with the same ``fp8`` /
+    ``fp8_key_scale`` scores the same quantized values.
 
     ``q_offsets`` ``[Hq, sq]`` / ``k_offsets`` ``[Hq, sk]``: sampled offsets
     within a block (see :func:`sample_offsets`); sq and sk powers of two.
     ``tile`` pins a square tile (``BLOCK_M = BLOCK_N = tile``) instead of
     the per-shape autotune (:mod:`spbench.kernels.score_tuning`), ``config``
-    a whole launch config (see :func:`rowmax_configs`).
+    a whole launch config (see :func:`rowmax_configs`). ``interleave``:
+    KV blocks per interleave group of the gathered keys (default
+    :func:`key_interleave`; 1 = block-major, the layout before the
+    sample-major one, kept for comparisons).
     """
     bsz, hq, lq, dim = q.shape
     hkv, lk = k.shape[1], k.shape[2]
@@ -277,10 +360,18 @@ def psa_importance(
             raise ValueError(f"{name} per block must be a power of two, got {n}")
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     n_rows, n_cols = nq * sq, nkv * sk
+    if fp8_key_scale not in FP8_KEY_SCALES:
+        raise ValueError(f"fp8_key_scale must be one of {', '.join(FP8_KEY_SCALES)}, got {fp8_key_scale!r}")
+    fp8_mode = (1 + FP8_KEY_SCALES.index(fp8_key_scale)) if fp8 else 0  # the kernels' FP8 switch
     configs = [config] if config is not None else rowmax_configs(q.device, dim, sk, tile, fp8)
+    group = key_interleave(sk, configs) if interleave is None else interleave
+    if group < 1 or group & (group - 1) or any(c["BLOCK_N"] % (group * sk) for c in configs):
+        raise ValueError(f"interleave must be a power of two with interleave * k_samples dividing BLOCK_N, got {group} x {sk}")
     pad = max(ROW_PAD, *(c["BLOCK_N"] for c in configs), *(c["BLOCK_M"] for c in configs))
     n_rows_pad, n_cols_pad = math.ceil(n_rows / pad) * pad, math.ceil(n_cols / pad) * pad
-    ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
+    # scratch row stride: 64-byte aligned rows holding whole tiles of KB blocks (the last tile's padding is written)
+    align = max(16, *(c["BLOCK_N"] // sk for c in configs))
+    ld = math.ceil(nkv / align) * align
     qk_scale = (dim**-0.5 if scale is None else scale) * LOG2E
     # absolute sampled positions, int32 [Hq, rows]: the gathers read them, causal masking compares them
     qpos = sampled_positions(q_offsets.to(q.device), lq, block_q).reshape(hq, n_rows).to(torch.int32)
@@ -295,14 +386,17 @@ def psa_importance(
     qs = torch.empty(chunk, n_rows_pad, dim, dtype=row_dtype, device=q.device)
     ks = torch.empty(chunk, n_cols_pad, dim, dtype=row_dtype, device=q.device)
     q_scale = torch.empty(chunk, n_rows_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
-    k_scale = torch.empty(chunk, n_cols_pad, dtype=torch.float32, device=q.device) if fp8 else max_all
+    k_scale = torch.empty(chunk, n_cols_pad // (sk if fp8_mode == 2 else 1), dtype=torch.float32, device=q.device) if fp8 else max_all
+    k_rows = max(64, group * sk) if fp8_mode == 2 else 64  # a per-block scale needs whole interleave groups
     dot_f32 = dot_in_fp32(q) or (fp8 and interpreting())
-    key = (str(row_dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length())
+    key = (str(row_dtype), dim, sq, sk, block_q, block_kv, causal, lq.bit_length(), lk.bit_length(), group, fp8_mode)
     block_j = 128
     for bh0 in range(0, bsz * hq, chunk):
         n_bh = min(chunk, bsz * hq - bh0)
-        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, q_scale, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64, FP8=fp8)
-        _gather_rows[(n_cols_pad // 64, n_bh)](k, kpos, ks, k_scale, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=64, FP8=fp8)
+        _gather_rows[(n_rows_pad // 64, n_bh)](q, qpos, qs, q_scale, *q.stride(), bh0, hq, 1, n_rows, n_rows_pad, D=dim, BLOCK=64, FP8=min(fp8_mode, 1), G=1, S=sq)
+        _gather_rows[(n_cols_pad // k_rows, n_bh)](
+            k, kpos, ks, k_scale, *k.stride(), bh0, hq, hq // hkv, n_cols, n_cols_pad, D=dim, BLOCK=k_rows, FP8=fp8_mode, G=group, S=sk, num_warps=4 if k_rows <= 64 else 8,
+        )
 
         def launch(cfg, bh0=bh0, n_bh=n_bh):
             qd, kd = qs, ks  # unused placeholders unless TMA
@@ -312,7 +406,7 @@ def psa_importance(
             _sampled_rowmax[(triton.cdiv(n_rows, cfg["BLOCK_M"]), n_bh)](
                 qs, ks, qd, kd, qpos, kpos, rmax, max_all, q_scale, k_scale,
                 bh0, hq, lq, n_rows, n_rows_pad, n_cols_pad, nkv, ld, qk_scale,
-                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, **cfg,
+                BQ=block_q, BKV=block_kv, SQ=sq, SK=sk, D=dim, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8_mode, G=group, **cfg,
             )
 
         cfg = configs[0] if len(configs) == 1 else score_tuning.pick("psa_rowmax", key, configs, launch, q.device)
@@ -324,6 +418,12 @@ def psa_importance(
     return _normalise_rows(out)
 
 
+def _fp8_gathered(rows: torch.Tensor, group: int) -> torch.Tensor:
+    """Gathered rows ``[B, N, D]`` as the fp8 scorer multiplies them: e4m3 with one scale per ``group`` rows, in fp32."""
+    y, scale = quantize_rows(rows[:, None], group)
+    return dequantize_rows(y, scale, rows.shape[1])[:, 0]
+
+
 def psa_importance_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -333,11 +433,16 @@ def psa_importance_reference(
     block_kv: int = 64,
     causal: bool = False,
     scale: float | None = None,
+    fp8: bool = False,
+    fp8_key_scale: str = "block",
 ) -> torch.Tensor:
     """Plain-PyTorch sampled importance (same definition), fp32 ``[B, Hq, NQ, NKV]``.
 
     Gathers the sampled rows and forms the full sampled score matrix per
-    head (NQ*sq x NKV*sk): small shapes, or the CPU fallback.
+    head (NQ*sq x NKV*sk): small shapes, or the CPU fallback. ``fp8``: the
+    gathered rows are quantized as :func:`psa_importance` quantizes them
+    (per query row; per KV block of key samples or per key row, see
+    ``fp8_key_scale``) with :func:`spbench.kernels.fp8_rows.quantize_rows`.
     """
     bsz, hq, lq, dim = q.shape
     group = hq // k.shape[1]
@@ -351,6 +456,8 @@ def psa_importance_reference(
     for h in range(hq):
         qs = q[:, h, qpos[h].flatten()].to(acc)  # [B, NQ*sq, D]
         ks = k[:, h // group, kpos[h].flatten()].to(acc)  # [B, NKV*sk, D]
+        if fp8:
+            qs, ks = _fp8_gathered(qs, 1), _fp8_gathered(ks, sk if fp8_key_scale == "block" else 1)
         s = torch.matmul(qs, ks.transpose(-1, -2)) * scale
         if causal:
             s = s.masked_fill(kpos[h].flatten()[None, :] > qpos[h].flatten()[:, None], float("-inf"))

@@ -17,7 +17,7 @@ BACKENDS = ("auto", "triton", "torch")
 EXECUTOR_KNOB = Knob("auto", "executor backend: auto (Triton on CUDA / under TRITON_INTERPRET=1), triton, torch (reference)", BACKENDS)
 SCORE_DTYPE_KNOB = Knob(
     "auto",
-    "scoring precision: auto (fp8 e4m3 with per-row scales on CUDA GPUs with fp8 tensor cores for fp16/bf16 inputs, else the input dtype), fp8, input",
+    "scoring precision: auto (fp8 e4m3 with per-row / per-block scales on CUDA GPUs with fp8 tensor cores for fp16/bf16 inputs, else the input dtype), fp8, input",
     SCORE_DTYPES,
 )
 SCORER_KNOB = Knob("auto", "scoring kernel backend: auto (Triton on CUDA / under TRITON_INTERPRET=1), triton, torch (reference)", BACKENDS)

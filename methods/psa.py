@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from spbench.errors import SpbenchError
 from spbench.kernels.antidiag import check_blocks
-from spbench.kernels.fp8_rows import fp8_values, use_fp8
+from spbench.kernels.fp8_rows import use_fp8
 from spbench.kernels.psa_score import psa_importance, psa_importance_reference, sample_offsets
 from spbench.method import Knob
 from spbench.methods import _select as sel
@@ -92,8 +92,9 @@ class PSA(PlannedMethod):
        query block are never selected.
        ``score_dtype`` (default ``auto``): on CUDA GPUs with fp8 tensor
        cores (sm_89+) and fp16/bf16 inputs the scoring products run in
-       e4m3 with one fp32 scale per row (per reshaped row for the
-       antidiagonal scores), accumulated in fp32 (``spbench.kernels.
+       e4m3 with fp32 scales (per sampled query row and per KV block of
+       sampled keys; per reshaped row for the antidiagonal scores),
+       accumulated in fp32 (``spbench.kernels.
        fp8_rows``): half the scorer's time; ``input`` keeps the inputs'
        dtype; ``fp8`` forces it (the torch reference then scores the same
        quantized values).
@@ -243,9 +244,8 @@ class PSA(PlannedMethod):
         fp8 = use_fp8(p["score_dtype"], q, triton_scorer)
         if triton_scorer:
             return psa_importance(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], p["scratch_mb"] << 20, fp8=fp8)
-        if fp8:  # the reference scores the same per-row e4m3 values
-            q, k = fp8_values(q, 1), fp8_values(k, 1)
-        return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"])
+        # fp8: the reference scores the same e4m3 values (per query row, per KV block of key samples)
+        return psa_importance_reference(q, k, q_off, k_off, p["block_q"], p["block_kv"], self.causal, p["scale"], fp8=fp8)
 
     def _rank_levels_by_fractions(self, cumulative: tuple[float, ...], rows: tuple[torch.Tensor, torch.Tensor], n_visible: torch.Tensor, n_forced: torch.Tensor, nkv: int) -> torch.Tensor:
         """Rank-order levels ``[NQ, NKV]`` from cumulative per-level fractions of each row's area.

@@ -6,8 +6,10 @@ real compiler (and the ptxas bundled with it) in a subprocess without
 TRITON_INTERPRET (under the interpreter ``triton.jit`` builds interpreted
 functions that cannot be compiled), with the specialisation the JIT gives a
 contiguous launch: pointers and the listed ints 16-divisible, unit strides
-folded to 1. It returns registers / stack bytes per thread from the cubin
-and whether the loads were pipelined (async copies).
+folded to 1. It returns registers / stack bytes per thread from the cubin,
+whether the loads were pipelined (async copies), the number of
+butterfly shuffles (cross-lane reduction steps) in the PTX and the shared
+memory per program.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ for cfg in job["configs"]:
     os.unlink(f.name)
     res = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", dump)}
     res["pipelined"] = "async_copy" in kernel.asm["ttgir"] or "async_tma_copy" in kernel.asm["ttgir"]  # cp.async or TMA
+    res["shfl_bfly"] = kernel.asm["ptx"].count("shfl.sync.bfly")  # cross-lane reduction steps (static count)
+    res["SHARED"] = int(kernel.metadata.shared)  # bytes of shared memory per program
     out.append(res)
 print("RESULT " + json.dumps(out))
 """

@@ -91,11 +91,29 @@ def test_antidiagonal_fp8_ragged_head_chunks():
 def test_psa_fp8_matches_reference_on_quantized_values(lq, lk, hq, hkv, d, bq, bk, causal):
     q, k = _qk(hq, hkv, lq, lk, d)
     q[0, 0, :40] = 0  # zero sampled rows: scale 0 must not turn masked logits into NaN
+    k[0, 0, :2 * bk] = 0  # zero KV blocks: block scale 0 likewise
     q_off, k_off = sample_offsets(hq, bq, bq // 4, 1, 1), sample_offsets(hq, bk, bk // 4, 1, 2)
-    got = psa_importance(q, k, q_off, k_off, bq, bk, causal, fp8=True)
-    assert not got.isnan().any()
+    for key_scale in ("row", "block"):
+        got = psa_importance(q, k, q_off, k_off, bq, bk, causal, fp8=True, fp8_key_scale=key_scale)
+        assert not got.isnan().any()
+        want = psa_importance_reference(q, k, q_off, k_off, bq, bk, causal, fp8=True, fp8_key_scale=key_scale)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # per-row key scales: the same values as quantizing the whole K per row
     qd, kd = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lk)
-    torch.testing.assert_close(got, psa_importance_reference(qd, kd, q_off, k_off, bq, bk, causal), atol=1e-5, rtol=0)
+    torch.testing.assert_close(psa_importance(q, k, q_off, k_off, bq, bk, causal, fp8=True, fp8_key_scale="row"),
+                               psa_importance_reference(qd, kd, q_off, k_off, bq, bk, causal), atol=1e-5, rtol=0)
+
+
+def test_psa_fp8_block_key_scales_differ_from_row_scales():
+    # keys of very different magnitudes in one block: a shared scale rounds the small ones differently
+    q, k = _qk(2, 1, 512, 512, 64)
+    q_off, k_off = sample_offsets(2, 128, 32, 0, 1), sample_offsets(2, 64, 16, 0, 2)
+    per_block = psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True)
+    per_row = psa_importance(q, k, q_off, k_off, 128, 64, False, fp8=True, fp8_key_scale="row")
+    assert not torch.equal(per_block, per_row)
+    torch.testing.assert_close(per_block, per_row, atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="fp8_key_scale"):
+        psa_importance(q, k, q_off, k_off, fp8=True, fp8_key_scale="head")
 
 
 def test_psa_fp8_differs_from_input_precision_and_stays_close():
@@ -153,11 +171,11 @@ def test_fp8_scorers_on_gpu_every_candidate(causal, lq):
     q = (torch.randn(1, 4, lq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
     k = (torch.randn(1, 2, lq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
     q_off, k_off = sample_offsets(4, 128, 32, 0, 1), sample_offsets(4, 64, 16, 0, 2)
-    qd, kd = dequantize_rows(*quantize_rows(q, 1), lq), dequantize_rows(*quantize_rows(k, 1), lq)
-    want = psa_importance_reference(qd, kd, q_off, k_off, 128, 64, causal)
-    for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
-        got = psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True)
-        torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
+    for key_scale in ("row", "block"):
+        want = psa_importance_reference(q, k, q_off, k_off, 128, 64, causal, fp8=True, fp8_key_scale=key_scale)
+        for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
+            got = psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True, fp8_key_scale=key_scale)
+            torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg} {key_scale}: {m}")
     for stride in (8, 16):
         qd, kd = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lq)
         want = antidiagonal_scores_reference(qd, kd, stride, 128, 128, causal)

@@ -101,19 +101,56 @@ def test_triton_gpu_tile_sizes():
     torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 64, True), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("interleave", [1, 2, 4, 8])
+def test_triton_key_interleave(interleave):
+    # sample-major gathered keys, any group size: causal + GQA + a KV block count (700 / 32 -> 22)
+    # that is no multiple of the group, so the last group holds zero-padded blocks
+    q, k = torch.randn(1, 4, 650, 64), torch.randn(1, 2, 700, 64)
+    q_off, k_off = sample_offsets(4, 128, 32, 5, 1), sample_offsets(4, 32, 8, 5, 2)
+    for causal in (True, False):
+        got = psa_importance(q, k, q_off, k_off, 128, 32, causal, interleave=interleave)
+        torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 32, causal), atol=1e-5, rtol=0)
+
+
+def test_triton_wide_tiles_of_small_blocks():
+    # 256-wide tiles of 8-sample blocks: 32 KV blocks per tile but only 10 in the sequence, so the
+    # scratch rows must hold a whole tile (the padding blocks are written)
+    q, k = torch.randn(1, 2, 300, 64), torch.randn(1, 1, 300, 64)
+    q_off, k_off = sample_offsets(2, 128, 32, 6, 1), sample_offsets(2, 32, 8, 6, 2)
+    cfg = dict(BLOCK_M=64, BLOCK_N=256, num_warps=4, num_stages=1, TMA=0)
+    for causal in (True, False):
+        got = psa_importance(q, k, q_off, k_off, 128, 32, causal, config=cfg)
+        torch.testing.assert_close(got, psa_importance_reference(q, k, q_off, k_off, 128, 32, causal), atol=1e-5, rtol=0)
+
+
+def test_key_interleave_rules():
+    from spbench.kernels.psa_score import key_interleave
+
+    assert key_interleave(16, [dict(BLOCK_N=128), dict(BLOCK_N=256)]) == 8
+    assert key_interleave(16, [dict(BLOCK_N=64)]) == 4  # the interpreter's tile
+    assert key_interleave(64, [dict(BLOCK_N=64)]) == 1
+    q, k = torch.randn(1, 1, 256, 64), torch.randn(1, 1, 256, 64)
+    q_off, k_off = sample_offsets(1, 128, 32, 0, 1), sample_offsets(1, 64, 16, 0, 2)
+    for bad in (3, 8):  # not a power of two; 8 x 16 samples do not divide the 64-wide tile
+        with pytest.raises(ValueError, match="interleave"):
+            psa_importance(q, k, q_off, k_off, interleave=bad)
+
+
 @pytest.mark.parametrize("fp8", [False, True])
 def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
-    from spbench.kernels.psa_score import gpu_candidates
+    from spbench.kernels.psa_score import gpu_candidates, key_interleave
 
     configs = []
     elem = "fp8e4nv" if fp8 else "bf16"
     for d, bq, bk, causal in ((128, 128, 64, False), (128, 128, 64, True), (64, 64, 32, True)):
         sq, sk = bq // 4, bk // 4
+        group = key_interleave(sk, [dict(BLOCK_N=max(c[1], sk)) for c in gpu_candidates(d, fp8)])
+        assert group == 8  # the sample-major layout whose per-block max needs no shuffles
         for bm, bn, warps, stages, *tma in gpu_candidates(d, fp8):  # every candidate the GPU autotune may pick
             bn = max(bn, sk)
-            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0, FP8=fp8)
+            consts = dict(BQ=bq, BKV=bk, SQ=sq, SK=sk, D=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal, DOT_F32=False, TMA=tma[0] if tma else 0, FP8=2 if fp8 else 0, G=group)
             descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
             descs.update(QS=f"*{elem}", KS=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
@@ -124,6 +161,10 @@ def test_kernel_compiles_for_h100_without_spills(fp8):
     )
     for cfg, res in zip(configs, results):
         assert res["STACK"] == 0 and res["pipelined"], (cfg, res)
+        # per-block maxima stay in registers: the only butterfly shuffles left are the
+        # row max over the [BLOCK_M, KB] slots after the loop (block-major keys: 32-64)
+        assert res["shfl_bfly"] <= 8, (cfg, res)
+        assert res["SHARED"] <= 232448, (cfg, res)  # sm_90's shared memory per block (227 KB)
 
 
 @pytest.mark.parametrize("cfg", [dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=1, TMA=tma[0] if tma else 0) for bm, bn, w, _, *tma in
