@@ -300,6 +300,19 @@ def phase_time(long: bool):
             for key in [x for x in cost[p] if x.endswith("_ms")]:
                 cost[p][key[:-3] + "_x_p"] = cost[p][key] / cost[1][key] * p
         rec["level_cost_bk64"] = cost
+        # marginal cost of one more block of level p (run_plan_gluon's own config): time at 40% minus time at
+        # 20% of each row's blocks, per block; the per-call constants (launch, prologue, epilogue) cancel
+        slope = {}
+        for p in (1, 2, 4, 8):
+            ms = {}
+            for frac in (0.2, 0.4):
+                plan = make_plan(1, H, L, L, 128, 64, {p: frac})
+                ms[frac] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]
+            slope[p] = {"ms_20": ms[0.2], "ms_40": ms[0.4], "ms_per_1pct": (ms[0.4] - ms[0.2]) / 20}
+        for p in (1, 2, 4, 8):
+            slope[p]["x_p"] = slope[p]["ms_per_1pct"] / slope[1]["ms_per_1pct"] * p
+        rec["level_marginal_cost_bk64"] = slope
+        print(f"{tag} level marginal cost: {json.dumps(slope)}", flush=True)
         print(f"{tag} level cost: {json.dumps(cost)}", flush=True)
     return rec
 
