@@ -121,10 +121,46 @@ def test_triton_every_gpu_config(bm, bn, flat, tma):
     # TMA needs lengths a multiple of the stride, the pointer path gets a ragged tail
     lq = 896 if tma else 900
     q, k = torch.randn(2, 2, lq, 64), torch.randn(2, 1, lq, 64)  # two batches: descriptor rows cross heads
-    for causal, stride, bk in ((True, 8, 128), (False, 16, 64)):
+    for causal, stride, bk, interleave in ((True, 8, 128, 1), (False, 16, 64, 1), (True, 8, 64, 8), (False, 8, 128, 8)):
         cfg = dict(BLOCK_M=bm, KPT=bn // (bk // stride), num_warps=4, num_stages=1, FLAT=flat, TMA=tma)
-        got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg)
+        got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg, interleave=interleave)
         torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("interleave", [2, 4, 8])
+@pytest.mark.parametrize(
+    "lq,lk,hq,hkv,stride,bk,causal,dtype",
+    [
+        (900, 863, 2, 1, 8, 64, True, torch.float32),
+        (777, 777, 4, 2, 8, 64, False, torch.float32),
+        (520, 610, 2, 2, 16, 64, True, torch.float32),
+        (389, 389, 2, 1, 4, 32, True, torch.bfloat16),
+    ],
+)
+def test_triton_key_interleave(interleave, lq, lk, hq, hkv, stride, bk, causal, dtype):
+    # keys interleaved in groups of KV blocks (a permuted copy outside fp8) give the same scores
+    q = (torch.randn(1, hq, lq, 64) * 1.5).to(dtype)
+    k = (torch.randn(1, hkv, lk, 64) * 1.5).to(dtype)
+    got = antidiagonal_scores(q, k, stride, 128, bk, causal, interleave=interleave)
+    want = antidiagonal_scores_reference(q, k, stride, 128, bk, causal)
+    torch.testing.assert_close(got, want, atol=2e-5 if dtype == torch.float32 else 1e-3, rtol=0)
+
+
+def test_key_interleave_rules():
+    from spbench.kernels.antidiag import interleave_keys, key_interleave
+
+    assert key_interleave(8, [dict(BLOCK_N=128)]) == 8
+    assert key_interleave(16, [dict(BLOCK_N=128), dict(BLOCK_N=64)]) == 4  # the interpreter's tile
+    assert key_interleave(128, [dict(BLOCK_N=128)]) == 1
+    k = torch.arange(2 * 20 * 3, dtype=torch.float32).view(1, 2, 20 * 3, 1).expand(1, 2, 60, 2)  # a strided view
+    # stride 3, 2 reshaped rows per block, 2 blocks per group: 20 reshaped rows padded to 20
+    out = interleave_keys(k, 3, 2, 2, 20)
+    rows = out[0, 0, :, 0].view(20, 3)[:, 0] / 3  # first term of each reshaped row -> its source row
+    assert rows[:8].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    q = torch.randn(1, 1, 300, 64)
+    for bad in (3, 16, 0):  # not a power of two / more blocks than a 64-wide tile holds
+        with pytest.raises(ValueError, match="interleave"):
+            antidiagonal_scores(q, q, 8, 128, 64, False, interleave=bad)
 
 
 def test_tma_config_needs_stride_multiple():
