@@ -93,14 +93,18 @@ def test_triton_gpu_tile_sizes():
 def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
-    from spbench.kernels.antidiag import gpu_candidates
+    from spbench.kernels.antidiag import gpu_candidates, key_interleave
 
     configs = []
     elem = "fp8e4nv" if fp8 else "bf16"
-    for d, stride, bk, causal in ((128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
+    # (128, 8, 64): the METHODS.md default (block_kv 64, 8 reshaped columns per block)
+    for d, stride, bk, causal in ((128, 8, 64, False), (128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
         cpb = bk // stride
-        for bm, bn, warps, stages, flat, *tma in gpu_candidates(fp8):  # every candidate the GPU autotune may pick
-            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8)
+        cands = gpu_candidates(fp8)
+        # the default key interleave: fp8 interleaves (in its e4m3 copy), bf16 keeps K as is
+        group = key_interleave(cpb, [dict(BLOCK_N=c[1]) for c in cands]) if fp8 else 1
+        for bm, bn, warps, stages, flat, *tma in cands:  # every candidate the GPU autotune may pick
+            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8, G=group)
             descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
             descs.update(Q=f"*{elem}", K=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
@@ -112,6 +116,14 @@ def test_kernel_compiles_for_h100_without_spills(fp8):
     for cfg, res in zip(configs, results):
         # the nested-loop fallback (the previous kernel) is allowed its small spill
         assert res["STACK"] <= (0 if cfg["constexprs"]["FLAT"] else 16) and res["pipelined"], (cfg, res)
+        assert res["SHARED"] <= 227 * 1024, (cfg, res)  # sm_90's per-block limit
+        consts = cfg["constexprs"]
+        if consts["G"] == 8:
+            # interleaved keys: the block sums are register adds; only the row max and row sum
+            # cross the 4 lanes of a row (2 butterfly rounds each; per-block max + sum took 128)
+            assert res["shfl_bfly"] <= 8, (cfg, res)
+        elif consts["CPB"] == 8:
+            assert res["shfl_bfly"] <= 72, (cfg, res)  # block-major: 3 rounds per block sum (was 128 with the block max)
 
 
 @pytest.mark.parametrize("bm,bn,flat,tma", sorted({(c[0], c[1], c[4], c[5] if len(c) > 5 else 0) for c in
