@@ -25,7 +25,21 @@ The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
    ``tl.dot`` calls of head-dim depth, and writes, per (reshaped row, KV block), the
    log-sum-exp of the row's entries in that block (base 2) plus the row's
    overall log-sum-exp (online over the tiles). Causal tiles past the
-   program's last row are skipped.
+   program's last row are skipped. The epilogue takes one exp2 per entry
+   against the running row max and sums each block's entries. The keys
+   may be interleaved in groups of G KV blocks (:func:`key_interleave`;
+   reshaped key row ``c`` of block ``j`` at column ``c * G + j`` of its
+   group): in the wgmma accumulator a thread holds columns
+   ``8 i + 2 (lane % 4) + {0, 1}``, so with G = 8 a block's columns are
+   all in one thread and its sum is register adds (block-major columns
+   need butterfly shuffles across lanes). Static PTX counts at d = 128,
+   stride 8 (benchmarks/inspect_xattn_sm90.py): the block-major kernel
+   with a per-block max had 64 shuffles (block_kv 128) / 128 (block_kv
+   64); block-major sums alone 36 / 68; interleaved 8 (row max and sum).
+   fp8 writes its e4m3 copy of K in that order (and its scales), at no
+   extra cost; bf16 keeps K as is unless ``interleave`` asks for a
+   permuted copy. Column masks (ragged tail, causal) use each column's
+   source reshaped row (:func:`~spbench.kernels.fp8_rows.interleaved_source`).
 2. ``_block_sums``: one program per (query block, KV block range,
    batch*head) turns those into probabilities exp2(lse_block - lse_row) and
    sums them over the query block's rows.
