@@ -82,12 +82,12 @@ def variants(before: str | None) -> dict:
     return out
 
 
-def check_candidates(seq: int, scope: str = "timed") -> list[dict]:
+def check_candidates(seq: int, scope: str = "timed", device: str = "cuda") -> list[dict]:
     """Every GPU autotune candidate (causal) against the reference: max abs error per (dtype, interleave, config)."""
     rows = []
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = (torch.randn(1, 4, seq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
-    k = (torch.randn(1, 2, seq, 128, device="cuda", generator=gen) * 1.5).bfloat16()
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = (torch.randn(1, 4, seq, 128, device=device, generator=gen) * 1.5).bfloat16()
+    k = (torch.randn(1, 2, seq, 128, device=device, generator=gen) * 1.5).bfloat16()
     stride = 8
     for bk in (128, 64) if scope == "all" else (128,):
         cpb = bk // stride
@@ -129,8 +129,8 @@ def main() -> None:
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
     }
-    if args.check_seq and device.type == "cuda":
-        record["check"] = check_candidates(args.check_seq, args.check)
+    if args.check_seq and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        record["check"] = check_candidates(args.check_seq, args.check, args.device)
         bad = [r for r in record["check"] if not isinstance(r["max_err"], float) or r["max_err"] > 1e-3]
         record["check_failures"] = bad
         print(f"candidate check: {len(record['check'])} runs, {len(bad)} over 1e-3 or failed", flush=True)
