@@ -25,7 +25,21 @@ The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
    ``tl.dot`` calls of head-dim depth, and writes, per (reshaped row, KV block), the
    log-sum-exp of the row's entries in that block (base 2) plus the row's
    overall log-sum-exp (online over the tiles). Causal tiles past the
-   program's last row are skipped.
+   program's last row are skipped. The epilogue takes one exp2 per entry
+   against the running row max and sums each block's entries. The keys
+   may be interleaved in groups of G KV blocks (:func:`key_interleave`;
+   reshaped key row ``c`` of block ``j`` at column ``c * G + j`` of its
+   group): in the wgmma accumulator a thread holds columns
+   ``8 i + 2 (lane % 4) + {0, 1}``, so with G = 8 a block's columns are
+   all in one thread and its sum is register adds (block-major columns
+   need butterfly shuffles across lanes). Static PTX counts at d = 128,
+   stride 8 (benchmarks/inspect_xattn_sm90.py): the block-major kernel
+   with a per-block max had 64 shuffles (block_kv 128) / 128 (block_kv
+   64); block-major sums alone 36 / 68; interleaved 8 (row max and sum).
+   fp8 writes its e4m3 copy of K in that order (and its scales), at no
+   extra cost; bf16 keeps K as is unless ``interleave`` asks for a
+   permuted copy. Column masks (ragged tail, causal) use each column's
+   source reshaped row (:func:`~spbench.kernels.fp8_rows.interleaved_source`).
 2. ``_block_sums``: one program per (query block, KV block range,
    batch*head) turns those into probabilities exp2(lse_block - lse_row) and
    sums them over the query block's rows.
@@ -47,7 +61,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
-from spbench.kernels.fp8_rows import interpreting, quantize_rows  # interpreting: re-exported for psa_score
+from spbench.kernels.fp8_rows import interleaved_source, interpreting, quantize_rows  # interpreting: re-exported for psa_score
 
 LOG2E = 1.4426950408889634
 
@@ -70,22 +84,30 @@ def check_blocks(stride: int, block_q: int, block_kv: int) -> None:
 
 
 @triton.jit
-def _lse_epilogue(acc, rows, cols, kvb, lse_base, m_i, l_i, n_rows, n_cols, nkv, ld, qk_scale,
-                  BLOCK_M: tl.constexpr, KPT: tl.constexpr, CPB: tl.constexpr, CAUSAL: tl.constexpr):
-    """Per-(row, KV block) log-sum-exp of one finished tile to scratch; online row LSE update."""
-    valid = (cols < n_cols)[None, :] & (rows < n_rows)[:, None]
+def _lse_epilogue(acc, row_scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld,
+                  BLOCK_M: tl.constexpr, KPT: tl.constexpr, CPB: tl.constexpr, G: tl.constexpr, CAUSAL: tl.constexpr):
+    """Per-(row, KV block) log-sum-exp of one finished tile to scratch; online row LSE update.
+
+    ``cols``: the reshaped key row of each tile column (interleaved order,
+    :func:`interleaved_source`); ``row_scale`` multiplies the logits (a
+    scalar, or per row in fp8). One exp2 per entry, relative to the running
+    row max (no per-block max: an entry more than 126 below the row max
+    underflows to 0, a probability under 2^-126 of the row total anyway),
+    then the block sums: with G = 8 every column of a block is in one
+    thread's registers of the wgmma accumulator, so they need no shuffles.
+    """
+    valid = (cols < n_cols)[None, :]
     if CAUSAL:
         valid = valid & (cols[None, :] <= rows[:, None])
-    s = tl.where(valid, acc * qk_scale, float("-inf"))
-    s3 = tl.reshape(s, [BLOCK_M, KPT, CPB])
-    bmax = tl.max(s3, axis=2)
-    bmax_safe = tl.where(bmax == float("-inf"), 0.0, bmax)
-    bsum = tl.sum(tl.exp2(s3 - bmax_safe[:, :, None]), axis=2)
-    lse = tl.where(bmax == float("-inf"), float("-inf"), bmax_safe + tl.log2(tl.maximum(bsum, 1e-30)))
-    tl.store(lse_base + rows[:, None] * ld + kvb[None, :], lse, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
-    m_new = tl.maximum(m_i, tl.max(bmax, axis=1))
+    s = tl.where(valid, acc * row_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(lse - m_safe[:, None]), axis=1)
+    p = tl.exp2(s - m_safe[:, None])
+    # columns (group g, sample c, block j) -> block g * G + j of the tile
+    bsum = tl.reshape(tl.sum(tl.reshape(p, [BLOCK_M, KPT // G, CPB, G]), axis=2), [BLOCK_M, KPT])
+    lse = tl.where(bsum > 0.0, m_safe[:, None] + tl.log2(tl.maximum(bsum, 1e-37)), float("-inf"))
+    tl.store(lse_base + rows[:, None] * ld + kvb[None, :], lse, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+    l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(bsum, axis=1)
     return m_new, l_i
 
 
@@ -94,10 +116,13 @@ def _tile_lse(
     Q, K, QD, KD, LSE, ROW_LSE, QSC, KSC,
     sqb, sqh, sql, sqd,
     skb, skh, skl, skd,
-    bh0, hq, group, lq, lk, n_rows, n_cols, nkv, ld, qk_scale,
+    bh0, hq, group, lq, lk, n_rows, n_cols, k_rows, nkv, ld, qk_scale,
     STRIDE: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, CPB: tl.constexpr, KPT: tl.constexpr,
     CAUSAL: tl.constexpr, DOT_F32: tl.constexpr, FLAT: tl.constexpr, TMA: tl.constexpr, FP8: tl.constexpr,
+    G: tl.constexpr,
 ):
+    # K holds k_rows reshaped rows per head (lk its rows), interleaved in
+    # groups of G KV blocks (G = 1: K itself); n_cols are real.
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bh = bh0 + pid_bh
@@ -115,9 +140,10 @@ def _tile_lse(
     q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + q_last[:, None] * sql + dims[None, :] * sqd
     k_ptrs0 = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + (col_offs * STRIDE)[:, None] * skl + dims[None, :] * skd
     lse_base = LSE + pid_bh.to(tl.int64) * n_rows * ld
+    row_scale = qk_scale
     if FP8:  # per reshaped-row scales of the e4m3 copies (fp8_rows.quantize_rows with group S)
-        q_scale = tl.load(QSC + bh.to(tl.int64) * n_rows + rows, mask=rows < n_rows, other=0.0)
-        k_scale_base = KSC + (b * (hq // group) + hk).to(tl.int64) * n_cols
+        row_scale = qk_scale * tl.load(QSC + bh.to(tl.int64) * n_rows + rows, mask=rows < n_rows, other=0.0)[:, None]
+        k_scale_base = KSC + (b * (hq // group) + hk).to(tl.int64) * k_rows
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     n_tiles = tl.cdiv(nkv, KPT)
@@ -132,43 +158,47 @@ def _tile_lse(
         for step in range(0, n_tiles * STRIDE):
             t = step // STRIDE
             i = step % STRIDE
-            cols = t * BLOCK_N + col_offs
+            pos = t * BLOCK_N + col_offs  # tile columns = rows of the (interleaved) K
             if TMA:
                 # QD / KD view Q / K as [heads * rows, S * D] (one reshaped row
                 # per line, Lq and Lk multiples of S): term i is a D-wide column
                 # slice. Rows past this head's end read the next head's (or
                 # TMA's zero fill); the epilogue masks them.
                 qt = QD.load([bh * n_rows + pid_m * BLOCK_M, (STRIDE - 1 - i) * D])
-                kt = KD.load([(b * (hq // group) + hk) * n_cols + t * BLOCK_N, i * D])
+                kt = KD.load([(b * (hq // group) + hk) * k_rows + t * BLOCK_N, i * D])
             else:
                 qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
-                kt = tl.load(k_ptrs0 + (t * BLOCK_N * STRIDE + i) * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
+                kt = tl.load(k_ptrs0 + (t * BLOCK_N * STRIDE + i) * skl, mask=(pos * STRIDE + i < lk)[:, None], other=0.0)
             if DOT_F32:
                 qt = qt.to(tl.float32)
                 kt = kt.to(tl.float32)
             acc = tl.dot(qt, tl.trans(kt), acc)
             if i == STRIDE - 1:
                 kvb = t * KPT + tl.arange(0, KPT).to(tl.int64)
+                scale = row_scale
                 if FP8:
-                    acc = acc * q_scale[:, None] * tl.load(k_scale_base + cols, mask=cols < n_cols, other=0.0)[None, :]
-                m_i, l_i = _lse_epilogue(acc, rows, cols, kvb, lse_base, m_i, l_i, n_rows, n_cols, nkv, ld, qk_scale, BLOCK_M, KPT, CPB, CAUSAL)
+                    scale = row_scale * tl.load(k_scale_base + pos, mask=pos < k_rows, other=0.0)[None, :]
+                cols = interleaved_source(pos, G, CPB)
+                m_i, l_i = _lse_epilogue(acc, scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld, BLOCK_M, KPT, CPB, G, CAUSAL)
                 acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
         for t in range(0, n_tiles):
-            cols = t * BLOCK_N + col_offs
+            pos = t * BLOCK_N + col_offs
             k_ptrs = k_ptrs0 + (t * BLOCK_N * STRIDE) * skl
             acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             for i in range(STRIDE):  # a loop (not unrolled) so Triton can pipeline the loads
                 qt = tl.load(q_ptrs - i * sql, mask=(q_last - i < lq)[:, None], other=0.0)
-                kt = tl.load(k_ptrs + i * skl, mask=(cols * STRIDE + i < lk)[:, None], other=0.0)
+                kt = tl.load(k_ptrs + i * skl, mask=(pos * STRIDE + i < lk)[:, None], other=0.0)
                 if DOT_F32:
                     qt = qt.to(tl.float32)
                     kt = kt.to(tl.float32)
                 acc += tl.dot(qt, tl.trans(kt))
             kvb = t * KPT + tl.arange(0, KPT).to(tl.int64)
+            scale = row_scale
             if FP8:
-                acc = acc * q_scale[:, None] * tl.load(k_scale_base + cols, mask=cols < n_cols, other=0.0)[None, :]
-            m_i, l_i = _lse_epilogue(acc, rows, cols, kvb, lse_base, m_i, l_i, n_rows, n_cols, nkv, ld, qk_scale, BLOCK_M, KPT, CPB, CAUSAL)
+                scale = row_scale * tl.load(k_scale_base + pos, mask=pos < k_rows, other=0.0)[None, :]
+            cols = interleaved_source(pos, G, CPB)
+            m_i, l_i = _lse_epilogue(acc, scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld, BLOCK_M, KPT, CPB, G, CAUSAL)
     row_lse = tl.where(m_i == float("-inf"), float("-inf"), m_i + tl.log2(tl.maximum(l_i, 1e-30)))
     tl.store(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, row_lse, mask=rows < n_rows)
 
@@ -224,6 +254,28 @@ def gpu_candidates(fp8: bool = False) -> list[tuple[int, ...]]:
     return list(GPU_CONFIGS) + (list(FP8_EXTRA) if fp8 else [])
 
 
+def key_interleave(cpb: int, configs: list[dict[str, int]]) -> int:
+    """KV blocks per interleave group of the reshaped keys: up to 8, with ``G * cpb`` dividing every BLOCK_N.
+
+    The wgmma accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``:
+    with 8 blocks interleaved (column ``c * 8 + j`` = reshaped row c of block j)
+    a thread holds every column of its blocks, so the block sums are
+    in-register; G = 4, 2 leave 1, 2 shuffle rounds.
+    """
+    group = 8
+    while group > 1 and any(c["BLOCK_N"] % (group * cpb) for c in configs):
+        group //= 2
+    return group
+
+
+def interleave_keys(k: torch.Tensor, stride: int, cpb: int, group: int, k_rows: int) -> torch.Tensor:
+    """Contiguous copy of ``k`` zero-padded to ``k_rows`` reshaped rows, interleaved in groups of ``group`` KV blocks."""
+    bsz, heads, lk, dim = k.shape
+    kp = F.pad(k, (0, 0, 0, k_rows * stride - lk))
+    kp = kp.view(bsz, heads, k_rows // (group * cpb), group, cpb, stride * dim).transpose(3, 4)
+    return kp.reshape(bsz, heads, k_rows * stride, dim)
+
+
 def tma_ok(q: torch.Tensor, k: torch.Tensor, stride: int) -> bool:
     """Can ``_tile_lse`` read Q and K through [rows, S*D] tensor descriptors?"""
     return all(x.is_contiguous() and x.shape[2] % stride == 0 and x.data_ptr() % 16 == 0 for x in (q, k))
@@ -259,6 +311,7 @@ def antidiagonal_scores(
     tile: int | None = None,
     config: dict[str, int] | None = None,
     fp8: bool = False,
+    interleave: int | None = None,
 ) -> torch.Tensor:
     """Antidiagonal block scores with the Triton kernels, fp32 ``[B, Hq, NQ, NKV]``.
 
@@ -268,7 +321,11 @@ def antidiagonal_scores(
     :func:`tile_configs`) instead of the per-shape autotune. ``fp8``: score
     e4m3 copies of Q and K with one scale per reshaped row
     (:mod:`spbench.kernels.fp8_rows`; fp32 accumulation, twice the bf16
-    tensor-core rate on Hopper).
+    tensor-core rate on Hopper). ``interleave``: KV blocks per interleave
+    group of the reshaped keys (:func:`key_interleave`; the block sums of
+    the kernel's epilogue are then shuffle-free). Default: interleaved in
+    fp8 (the e4m3 copy is written in that order at no extra cost), 1 (K
+    as is, no copy) otherwise; > 1 in bf16 costs a permuted copy of K.
     """
     check_blocks(stride, block_q, block_kv)
     bsz, hq, lq, dim = q.shape
@@ -279,11 +336,19 @@ def antidiagonal_scores(
     nq, nkv = math.ceil(lq / block_q), math.ceil(lk / block_kv)
     rpb, cpb = block_q // stride, block_kv // stride
     q_scale = k_scale = None
+    configs = [config] if config is not None else tile_configs(q.device, cpb, tile, True, fp8)
+    group = (key_interleave(cpb, [dict(BLOCK_N=c["KPT"] * cpb) for c in configs]) if fp8 else 1) if interleave is None else interleave
+    if group < 1 or group & (group - 1) or any((c["KPT"] * cpb) % (group * cpb) for c in configs):
+        raise ValueError(f"interleave must be a power of two dividing every tile's KV blocks, got {group}")
+    k_rows = math.ceil(n_cols / (group * cpb)) * group * cpb  # reshaped rows per head of the K the kernel reads
     if fp8:  # contiguous, zero-padded to whole reshaped rows: TMA always applies
         q, q_scale = quantize_rows(q, stride)
-        k, k_scale = quantize_rows(k, stride)
+        k, k_scale = quantize_rows(k, stride, k_rows * stride, group, cpb)
+    elif group > 1:
+        k = interleave_keys(k, stride, cpb, group, k_rows)
     use_tma = tma_ok(q, k, stride)
-    configs = [config] if config is not None else tile_configs(q.device, cpb, tile, use_tma, fp8)
+    if config is None and not use_tma:
+        configs = [c for c in configs if not c.get("TMA")]
     if any(c.get("TMA") for c in configs) and not use_tma:
         raise ValueError("TMA configs need contiguous q and k with lengths a multiple of the stride")
     if any(c.get("TMA") and not c.get("FLAT") for c in configs):
@@ -296,7 +361,7 @@ def antidiagonal_scores(
     lse = torch.empty(chunk, n_rows, ld, dtype=torch.float32, device=q.device)
     row_lse = torch.empty(chunk, n_rows, dtype=torch.float32, device=q.device)
     dot_f32 = dot_in_fp32(q) or (fp8 and interpreting())
-    key = (str(q.dtype), dim, stride, block_kv, causal, lq.bit_length(), lk.bit_length())
+    key = (str(q.dtype), dim, stride, block_kv, causal, lq.bit_length(), lk.bit_length(), group)
     block_j = 64
     for bh0 in range(0, bsz * hq, chunk):
         n_bh = min(chunk, bsz * hq - bh0)
@@ -310,8 +375,8 @@ def antidiagonal_scores(
                 q, k, qd, kd, lse, row_lse,
                 q_scale if fp8 else lse, k_scale if fp8 else lse,
                 *q.stride(), *k.stride(),
-                bh0, hq, hq // hkv, lq, lk, n_rows, n_cols, nkv, ld, qk_scale,
-                STRIDE=stride, D=dim, CPB=cpb, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, **cfg,
+                bh0, hq, hq // hkv, lq, k.shape[2], n_rows, n_cols, k_rows, nkv, ld, qk_scale,
+                STRIDE=stride, D=dim, CPB=cpb, CAUSAL=causal, DOT_F32=dot_f32, FP8=fp8, G=group, **cfg,
             )
 
         cfg = configs[0] if len(configs) == 1 else score_tuning.pick("antidiag_lse", key, configs, launch, q.device)

@@ -61,21 +61,43 @@ def quantize_tile(x, ROWS: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def interleaved_source(r, G: tl.constexpr, S: tl.constexpr):
+    """Row ``r`` of a list interleaved in groups of ``G`` blocks of ``S`` -> its row in block-major order.
+
+    Row ``grp * G * S + s * G + j`` holds row ``s`` of block ``grp * G + j``
+    (``G = 1``: the identity). A permutation of every whole group.
+    """
+    if G == 1:
+        return r
+    return ((r // (G * S)) * G + r % G) * S + (r // G) % S
+
+
+def interleaved_source_torch(r: torch.Tensor, g: int, s: int) -> torch.Tensor:
+    """:func:`interleaved_source` on a torch tensor (host-side checks and references)."""
+    return ((r // (g * s)) * g + r % g) * s + (r // g) % s
+
+
+@triton.jit
 def _quantize_groups(
     X, Y, SCALE,
     sxb, sxh, sxl, sxd,
     heads, length, rows_pad,
-    GROUP: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr,
+    GROUP: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, IG: tl.constexpr, IS: tl.constexpr,
 ):
-    """Y[bh, r] = e4m3(X[b, h, r] / scale[bh, r // GROUP]); rows past ``length`` are zeros."""
+    """Y[bh, r] = e4m3(X[b, h, src(r)] / scale[bh, r // GROUP]); source rows past ``length`` are zeros.
+
+    src: groups of GROUP rows taken in the order :func:`interleaved_source`
+    (IG blocks of IS groups) gives; IG = 1 keeps the order.
+    """
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
     h = bh % heads
     rows = pid * ROWS + tl.arange(0, ROWS)
+    src_rows = interleaved_source(rows // GROUP, IG, IS) * GROUP + rows % GROUP
     dims = tl.arange(0, D)
     src = X + b.to(tl.int64) * sxb + h.to(tl.int64) * sxh
-    x = tl.load(src + rows.to(tl.int64)[:, None] * sxl + dims[None, :] * sxd, mask=(rows < length)[:, None], other=0.0)
+    x = tl.load(src + src_rows.to(tl.int64)[:, None] * sxl + dims[None, :] * sxd, mask=(src_rows < length)[:, None], other=0.0)
     y, scale = quantize_tile(x, ROWS, GROUP, D)
     tl.store(Y + bh.to(tl.int64) * rows_pad * D + rows.to(tl.int64)[:, None] * D + dims[None, :], y)
     groups = pid * (ROWS // GROUP) + tl.arange(0, ROWS // GROUP)
@@ -120,31 +142,40 @@ def padded_rows(length: int, group: int) -> int:
     return math.ceil(length / group) * group
 
 
-def quantize_rows(x: torch.Tensor, group: int, rows_pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows(
+    x: torch.Tensor, group: int, rows_pad: int | None = None, interleave: int = 1, block: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ``[B, H, L, D]`` (any strides) -> (e4m3 ``[B, H, rows_pad, D]`` contiguous, fp32 scales ``[B, H, rows_pad // group]``).
 
     ``rows_pad`` (default: L rounded up to whole groups) must be a multiple
-    of ``group``; rows past L are zeros with scale 0. Triton kernel on CUDA
-    and under the interpreter, else :func:`quantize_rows_reference`.
+    of ``group``; rows past L are zeros with scale 0. ``interleave`` > 1:
+    the groups are written interleaved (:func:`interleaved_source` with
+    ``interleave`` blocks of ``block`` groups; rows_pad a multiple of
+    ``interleave * block * group``), scales in the same order. Triton kernel
+    on CUDA and under the interpreter, else :func:`quantize_rows_reference`.
     """
     bsz, heads, length, dim = x.shape
     rows_pad = padded_rows(length, group) if rows_pad is None else rows_pad
     if group < 1 or group & (group - 1) or rows_pad % group or rows_pad < length:
         raise ValueError(f"quantize_rows: group {group} must be a power of two dividing rows_pad {rows_pad} >= length {length}")
+    if interleave < 1 or rows_pad % (interleave * block * group):
+        raise ValueError(f"quantize_rows: rows_pad {rows_pad} must hold whole interleave groups of {interleave} x {block} x {group} rows")
     if not (x.device.type == "cuda" or interpreting()):
-        return quantize_rows_reference(x, group, rows_pad)
+        return quantize_rows_reference(x, group, rows_pad, interleave, block)
     rows = max(8192 // dim, group)  # a tile holds whole groups; ~8K elements per program
     alloc = math.ceil(rows_pad / rows) * rows
     y = torch.empty(bsz, heads, alloc, dim, dtype=FP8_DTYPE, device=x.device)
     scale = torch.empty(bsz, heads, alloc // group, dtype=torch.float32, device=x.device)
-    _quantize_groups[(alloc // rows, bsz * heads)](x, y, scale, *x.stride(), heads, length, alloc, GROUP=group, D=dim, ROWS=rows, num_warps=8)
+    _quantize_groups[(alloc // rows, bsz * heads)](x, y, scale, *x.stride(), heads, length, alloc, GROUP=group, D=dim, ROWS=rows, IG=interleave, IS=block, num_warps=8)
     if alloc != rows_pad:
         y, scale = y[:, :, :rows_pad].contiguous(), scale[:, :, : rows_pad // group].contiguous()
     return y, scale
 
 
-def quantize_rows_reference(x: torch.Tensor, group: int, rows_pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch :func:`quantize_rows` (same rounding through torch's RNE fp8 cast)."""
+def quantize_rows_reference(
+    x: torch.Tensor, group: int, rows_pad: int | None = None, interleave: int = 1, block: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-PyTorch :func:`quantize_rows` (same rounding through torch's RNE fp8 cast; the interleave by indexing)."""
     bsz, heads, length, dim = x.shape
     rows_pad = padded_rows(length, group) if rows_pad is None else rows_pad
     xf = torch.zeros(bsz, heads, rows_pad, dim, dtype=torch.float32, device=x.device)
@@ -152,8 +183,12 @@ def quantize_rows_reference(x: torch.Tensor, group: int, rows_pad: int | None = 
     g = xf.view(bsz, heads, rows_pad // group, group * dim)
     amax = g.abs().amax(-1)
     inv = torch.where(amax > 0, FP8_MAX / amax.clamp(min=1e-30), torch.zeros_like(amax))
-    y = (g * inv[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE).view(bsz, heads, rows_pad, dim)
-    return y, amax / FP8_MAX
+    y = (g * inv[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    scale = amax / FP8_MAX
+    if interleave > 1:
+        src = interleaved_source_torch(torch.arange(rows_pad // group, device=x.device), interleave, block)
+        y, scale = y[:, :, src], scale[:, :, src]
+    return y.reshape(bsz, heads, rows_pad, dim), scale
 
 
 def fp8_values(x: torch.Tensor, group: int) -> torch.Tensor:

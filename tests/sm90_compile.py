@@ -57,16 +57,25 @@ for cfg in job["configs"]:
     res["pipelined"] = "async_copy" in kernel.asm["ttgir"] or "async_tma_copy" in kernel.asm["ttgir"]  # cp.async or TMA
     res["shfl_bfly"] = kernel.asm["ptx"].count("shfl.sync.bfly")  # cross-lane reduction steps (static count)
     res["SHARED"] = int(kernel.metadata.shared)  # bytes of shared memory per program
+    if job.get("sass"):  # static SASS counts: all instructions, warp shuffles (SHFL), transcendentals (MUFU)
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(kernel.asm["cubin"])
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        os.unlink(f.name)
+        instr = re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass)
+        res["sass_instr"] = len(instr)
+        res["sass_shfl"] = sum(1 for i in instr if "SHFL" in i)
+        res["sass_mufu"] = sum(1 for i in instr if "MUFU" in i)
     out.append(res)
 print("RESULT " + json.dumps(out))
 """
 
 
-def sm90_resources(module: str, kernel: str, configs: list[dict], pointers: dict, div16=(), ones=(), floats=()) -> list[dict]:
+def sm90_resources(module: str, kernel: str, configs: list[dict], pointers: dict, div16=(), ones=(), floats=(), sass: bool = False) -> list[dict]:
     """Compile ``module.kernel`` once per config (``{"constexprs": ..., "options": ...}``) for sm_90."""
     pytest.importorskip("triton")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    job = dict(module=module, kernel=kernel, configs=configs, pointers=pointers, div16=list(div16), ones=list(ones), floats=list(floats))
+    job = dict(module=module, kernel=kernel, configs=configs, pointers=pointers, div16=list(div16), ones=list(ones), floats=list(floats), sass=sass)
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(job)], capture_output=True, text=True, env=env, timeout=600, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

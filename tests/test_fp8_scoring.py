@@ -76,6 +76,37 @@ def test_antidiagonal_fp8_matches_reference_on_quantized_values(lq, lk, hq, hkv,
     assert not torch.allclose(got, exact, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("interleave", [1, 2, 4, 8])
+@pytest.mark.parametrize("lq,lk,hq,hkv,stride,bk,causal", [(203, 250, 4, 2, 8, 64, True), (330, 301, 2, 1, 8, 64, False), (520, 480, 2, 2, 16, 64, True)])
+def test_antidiagonal_fp8_key_interleave(interleave, lq, lk, hq, hkv, stride, bk, causal):
+    # interleaved e4m3 keys (the default in fp8) score the same values as block-major ones
+    q, k = _qk(hq, hkv, lq, lk, 64, seed=interleave)
+    qd, kd = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lk)
+    want = antidiagonal_scores_reference(qd, kd, stride, 128, bk, causal)
+    got = antidiagonal_scores(q, k, stride, 128, bk, causal, fp8=True, interleave=interleave)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("interleave,block,length", [(8, 8, 1000), (4, 16, 517), (2, 2, 64)])
+def test_quantizer_interleaved_rows(interleave, block, length):
+    from spbench.kernels.fp8_rows import interleaved_source_torch
+
+    x = torch.randn(2, 3, length, 32) * 3
+    x[0, 1, 8:16] = 0  # a zero group: scale 0
+    rows_pad = -(-length // (interleave * block * 8)) * interleave * block * 8
+    y, scale = quantize_rows(x, 8, rows_pad, interleave, block)
+    y0, scale0 = quantize_rows(x, 8, rows_pad)
+    src = interleaved_source_torch(torch.arange(rows_pad // 8), interleave, block)
+    assert sorted(src.tolist()) == list(range(rows_pad // 8))  # a permutation of whole groups
+    torch.testing.assert_close(scale, scale0[:, :, src], atol=0, rtol=0)
+    torch.testing.assert_close(y.float().view(2, 3, -1, 8, 32), y0.float().view(2, 3, -1, 8, 32)[:, :, src], atol=0, rtol=0)
+    yr, sr = quantize_rows_reference(x, 8, rows_pad, interleave, block)
+    torch.testing.assert_close(sr, scale, atol=0, rtol=0)
+    assert (yr.float() != y.float()).float().mean() < 1e-3  # the torch cast may round a subnormal tie differently
+    with pytest.raises(ValueError, match="interleave"):
+        quantize_rows(x, 8, rows_pad + 8, interleave, block)
+
+
 def test_antidiagonal_fp8_ragged_head_chunks():
     q, k = _qk(2, 1, 300, 420, 64, seed=3)
     got = antidiagonal_scores(q, k, 8, 64, 64, True, scale=0.2, max_scratch_bytes=1, fp8=True)
@@ -176,9 +207,10 @@ def test_fp8_scorers_on_gpu_every_candidate(causal, lq):
         for cfg in rowmax_configs(q.device, 128, 16, fp8=True):
             got = psa_importance(q, k, q_off, k_off, 128, 64, causal, config=cfg, fp8=True, fp8_key_scale=key_scale)
             torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg} {key_scale}: {m}")
-    for stride in (8, 16):
+    for stride, bk in ((8, 128), (16, 128), (8, 64)):
         qd, kd = dequantize_rows(*quantize_rows(q, stride), lq), dequantize_rows(*quantize_rows(k, stride), lq)
-        want = antidiagonal_scores_reference(qd, kd, stride, 128, 128, causal)
-        for cfg in tile_configs(q.device, 128 // stride, tma=True, fp8=True):
-            got = antidiagonal_scores(q, k, stride, 128, 128, causal, config=cfg, fp8=True)
-            torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg}: {m}")
+        want = antidiagonal_scores_reference(qd, kd, stride, 128, bk, causal)
+        for cfg in tile_configs(q.device, bk // stride, tma=True, fp8=True):
+            for interleave in (None, 1):  # interleaved keys (the default) and block-major ones
+                got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg, fp8=True, interleave=interleave)
+                torch.testing.assert_close(got, want, atol=1e-3, rtol=0, msg=lambda m, cfg=cfg: f"{cfg} {interleave}: {m}")

@@ -93,14 +93,18 @@ def test_triton_gpu_tile_sizes():
 def test_kernel_compiles_for_h100_without_spills(fp8):
     from sm90_compile import sm90_resources
 
-    from spbench.kernels.antidiag import gpu_candidates
+    from spbench.kernels.antidiag import gpu_candidates, key_interleave
 
     configs = []
     elem = "fp8e4nv" if fp8 else "bf16"
-    for d, stride, bk, causal in ((128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
+    # (128, 8, 64): the METHODS.md default (block_kv 64, 8 reshaped columns per block)
+    for d, stride, bk, causal in ((128, 8, 64, False), (128, 8, 128, False), (128, 16, 128, False), (64, 16, 64, True)):
         cpb = bk // stride
-        for bm, bn, warps, stages, flat, *tma in gpu_candidates(fp8):  # every candidate the GPU autotune may pick
-            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8)
+        cands = gpu_candidates(fp8)
+        # the default key interleave: fp8 interleaves (in its e4m3 copy), bf16 keeps K as is
+        group = key_interleave(cpb, [dict(BLOCK_N=c[1]) for c in cands]) if fp8 else 1
+        for bm, bn, warps, stages, flat, *tma in cands:  # every candidate the GPU autotune may pick
+            consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=causal, DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8, G=group)
             descs = {"QD": f"tensordesc<{elem}[{bm}, {d}]>", "KD": f"tensordesc<{elem}[{bn}, {d}]>"} if tma else {"QD": f"*{elem}", "KD": f"*{elem}"}
             descs.update(Q=f"*{elem}", K=f"*{elem}")
             configs.append({"constexprs": consts, "options": {"num_warps": warps, "num_stages": stages}, "pointers": descs})
@@ -112,6 +116,14 @@ def test_kernel_compiles_for_h100_without_spills(fp8):
     for cfg, res in zip(configs, results):
         # the nested-loop fallback (the previous kernel) is allowed its small spill
         assert res["STACK"] <= (0 if cfg["constexprs"]["FLAT"] else 16) and res["pipelined"], (cfg, res)
+        assert res["SHARED"] <= 227 * 1024, (cfg, res)  # sm_90's per-block limit
+        consts = cfg["constexprs"]
+        if consts["G"] == 8:
+            # interleaved keys: the block sums are register adds; only the row max and row sum
+            # cross the 4 lanes of a row (2 butterfly rounds each; per-block max + sum took 128)
+            assert res["shfl_bfly"] <= 8, (cfg, res)
+        elif consts["CPB"] == 8:
+            assert res["shfl_bfly"] <= 72, (cfg, res)  # block-major: 3 rounds per block sum (was 128 with the block max)
 
 
 @pytest.mark.parametrize("bm,bn,flat,tma", sorted({(c[0], c[1], c[4], c[5] if len(c) > 5 else 0) for c in
@@ -121,10 +133,46 @@ def test_triton_every_gpu_config(bm, bn, flat, tma):
     # TMA needs lengths a multiple of the stride, the pointer path gets a ragged tail
     lq = 896 if tma else 900
     q, k = torch.randn(2, 2, lq, 64), torch.randn(2, 1, lq, 64)  # two batches: descriptor rows cross heads
-    for causal, stride, bk in ((True, 8, 128), (False, 16, 64)):
+    for causal, stride, bk, interleave in ((True, 8, 128, 1), (False, 16, 64, 1), (True, 8, 64, 8), (False, 8, 128, 8)):
         cfg = dict(BLOCK_M=bm, KPT=bn // (bk // stride), num_warps=4, num_stages=1, FLAT=flat, TMA=tma)
-        got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg)
+        got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg, interleave=interleave)
         torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("interleave", [2, 4, 8])
+@pytest.mark.parametrize(
+    "lq,lk,hq,hkv,stride,bk,causal,dtype",
+    [
+        (900, 863, 2, 1, 8, 64, True, torch.float32),
+        (777, 777, 4, 2, 8, 64, False, torch.float32),
+        (520, 610, 2, 2, 16, 64, True, torch.float32),
+        (389, 389, 2, 1, 4, 32, True, torch.bfloat16),
+    ],
+)
+def test_triton_key_interleave(interleave, lq, lk, hq, hkv, stride, bk, causal, dtype):
+    # keys interleaved in groups of KV blocks (a permuted copy outside fp8) give the same scores
+    q = (torch.randn(1, hq, lq, 64) * 1.5).to(dtype)
+    k = (torch.randn(1, hkv, lk, 64) * 1.5).to(dtype)
+    got = antidiagonal_scores(q, k, stride, 128, bk, causal, interleave=interleave)
+    want = antidiagonal_scores_reference(q, k, stride, 128, bk, causal)
+    torch.testing.assert_close(got, want, atol=2e-5 if dtype == torch.float32 else 1e-3, rtol=0)
+
+
+def test_key_interleave_rules():
+    from spbench.kernels.antidiag import interleave_keys, key_interleave
+
+    assert key_interleave(8, [dict(BLOCK_N=128)]) == 8
+    assert key_interleave(16, [dict(BLOCK_N=128), dict(BLOCK_N=64)]) == 4  # the interpreter's tile
+    assert key_interleave(128, [dict(BLOCK_N=128)]) == 1
+    k = torch.arange(2 * 20 * 3, dtype=torch.float32).view(1, 2, 20 * 3, 1).expand(1, 2, 60, 2)  # a strided view
+    # stride 3, 2 reshaped rows per block, 2 blocks per group: 20 reshaped rows padded to 20
+    out = interleave_keys(k, 3, 2, 2, 20)
+    rows = out[0, 0, :, 0].view(20, 3)[:, 0] / 3  # first term of each reshaped row -> its source row
+    assert rows[:8].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    q = torch.randn(1, 1, 300, 64)
+    for bad in (3, 16, 0):  # not a power of two / more blocks than a 64-wide tile holds
+        with pytest.raises(ValueError, match="interleave"):
+            antidiagonal_scores(q, q, 8, 128, 64, False, interleave=bad)
 
 
 def test_tma_config_needs_stride_multiple():
