@@ -346,6 +346,9 @@ def antidiagonal_scores(
         k, k_scale = quantize_rows(k, stride, k_rows * stride, group, cpb)
     elif group > 1:
         k = interleave_keys(k, stride, cpb, group, k_rows)
+    # reshaped rows per head of the K the kernel reads: the padded copy's k_rows, or K's own (TMA rows of a head
+    # start there; K as is, a multiple of the stride under TMA, has fewer than k_rows)
+    k_rows = math.ceil(k.shape[2] / stride)
     use_tma = tma_ok(q, k, stride)
     if config is None and not use_tma:
         configs = [c for c in configs if not c.get("TMA")]
