@@ -37,8 +37,7 @@ TRITON_CFG = {
     "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
 }
 # 3 stages: wrong results with the pooled-level kernel on H200 (see spbench.kernels.pyramid_gluon), refused
-GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers, pingpong=pp)
-                  for bn, st in ((128, 2), (64, 2), (64, 3)) for pers, pp in ((False, False), (True, False), (False, True))]
+GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers) for bn, st in ((128, 2), (64, 2), (64, 3)) for pers in (False, True)]
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
@@ -63,8 +62,7 @@ def check_cases():
         dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256, programs=5),
         dict(lq=384, lk=1000, bk=64, bn=128, stages=2, empty=True, dense=True, programs=1),
     ]
-    cases += [dict(c, stages=3) for c in cases if c["bn"] == 64]  # 3 stages: 64-row tiles only
-    return cases + [dict(c, pingpong=True) for c in cases if c.get("pooled")]
+    return cases + [dict(c, stages=3) for c in cases if c["bn"] == 64]  # 3 stages: 64-row tiles only
 
 
 def run_case(c):
@@ -100,8 +98,7 @@ def run_case(c):
         plan = Plan.from_levels(levels, c["lq"], c["lk"], bq, c["bk"], False, extras=extras)
         if c.get("programs"):
             pyramid_gluon._sm_count = lambda device: c["programs"]  # a small persistent grid (this worker's process only)
-        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"], persistent=bool(c.get("programs")),
-                                  pingpong=c.get("pingpong", False))
+        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"], persistent=bool(c.get("programs")))
         torch.cuda.synchronize()
         ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, c["bk"], False, row_scale=extras.get("row_scale"),
                                                 compensation=extras.get("compensation"), return_lse=True)
@@ -170,7 +167,7 @@ def warm(spec):
             tuning.pin_config(spec["cfg"])
             run_plan(q, k, v, plan, pyramid=pyr, kernel="triton")
         else:
-            run_plan_gluon(q, k, v, plan, pyramid=pyr, block_n=spec["bn"], stages=spec["stages"], pingpong=spec.get("pingpong", False))
+            run_plan_gluon(q, k, v, plan, pyramid=pyr, block_n=spec["bn"], stages=spec["stages"])
         torch.cuda.synchronize()
         return dict(case=spec, ok=True, warm=True, secs=round(time.time() - t0, 1))
     except Exception as exc:  # noqa: BLE001
@@ -181,11 +178,11 @@ def warm_specs():
     specs = []
     mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)]
     for bk, mix in mixes:
-        for bn, st, pp in sorted({(var["block_n"], var["stages"], var["pingpong"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st, pingpong=pp))
+        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st))
     for p in (2, 4, 8):
-        for bn, st, pp in sorted({(var["block_n"], var["stages"], var["pingpong"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st, pingpong=pp))
+        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st))
     for name, cfg in TRITON_CFG.items():
         bk = 128 if "bk128" in name else 64
         mixes = {"psa_mix": [PSA_MIX], "level": [{p: 0.4} for p in (1, 2, 4, 8)]}
@@ -268,7 +265,7 @@ def phase_time(long: bool):
         row["triton"] = {"ms": t_tri, "tflops": flops / t_tri / 1e9, "vs_sdpa": base / t_tri, "config": TRITON_CFG[f"{tag}_{name}"]}
         best = None
         for var in GLUON_VARIANTS:
-            label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "") + ("_pingpong" if var["pingpong"] else "")
+            label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
             try:
                 out = run_plan_gluon(q, k, v, plan, pyramid=pyr, **var)
                 torch.cuda.synchronize()
@@ -297,7 +294,7 @@ def phase_time(long: bool):
                 tuning.pin_config(None)
             cost[p] = {"triton_ms": t_tri, "gluon_auto_ms": bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]}
             for var in GLUON_VARIANTS:
-                label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "") + ("_pingpong" if var["pingpong"] else "")
+                label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
                 cost[p][label + "_ms"] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
         for p in (1, 2, 4, 8):
             for key in [x for x in cost[p] if x.endswith("_ms")]:

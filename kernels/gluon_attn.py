@@ -148,26 +148,10 @@ if HAVE_GLUON:
         return gl.where(gl.expand_dims(ok, 0), s + gl.expand_dims(bias, 0), float("-inf"))
 
     @gluon.jit
-    def _await_turn(turn, r, WG: gl.constexpr, PINGPONG: gl.constexpr):
-        """Ping-pong: the warpgroups take turns issuing the matmuls of ring tile r (warpgroup 0 first), so
-        one's softmax runs while the other's matmuls hold the tensor cores (no-op without PINGPONG)."""
-        if PINGPONG:
-            if WG == 0:
-                if r > 0:
-                    mbarrier.wait(turn.index(0), (r - 1) & 1)
-            else:
-                mbarrier.wait(turn.index(1), r & 1)
-
-    @gluon.jit
-    def _pass_turn(turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
-        if PINGPONG:
-            mbarrier.arrive(turn.index(1 - WG), count=1)
-
-    @gluon.jit
-    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_smem, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn,
+    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_smem, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
               cnt, kv_len, qk_scale, inv_scale, idx_row,
               MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
-              s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
+              s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
         """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
 
         Clean tiles run the softmax of S_t while the PV wgmma is in flight.
@@ -178,11 +162,9 @@ if HAVE_GLUON:
         slot = t % STAGES
         prev = (t - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), (t // STAGES) & 1)
-        _await_turn(turn, t, WG, PINGPONG)
         s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         mbarrier.wait(v_ready.index(prev), ((t - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(prev), acc, is_async=True)
-        _pass_turn(turn, WG, PINGPONG)
         if MASKED:
             s, acc = warpgroup_mma_wait(0, deps=[s_tok, o_tok])
             mbarrier.arrive(k_empty.index(slot), count=1)
@@ -219,12 +201,11 @@ if HAVE_GLUON:
         return gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(ok, 1), other=0.0)
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn,
+    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
                   first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                   sq_b, sq_h, sq_l, so_b, so_h, so_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
-                  D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-                  PINGPONG: gl.constexpr):
+                  D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr):
         """One warpgroup: softmax(Q K^T) V for its 64 query rows of each work item, over every tile of every level.
 
         Tiles are numbered across levels (the loader's order); tile t of an
@@ -268,9 +249,7 @@ if HAVE_GLUON:
                 # Tile 0: S only (there is no previous P to multiply yet).
                 slot0 = base % STAGES
                 mbarrier.wait(k_ready.index(slot0), (base // STAGES) & 1)
-                _await_turn(turn, base, WG, PINGPONG)
                 tok = warpgroup_mma(q_smem, k_bufs.index(slot0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-                _pass_turn(turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(0, deps=[tok])
                 mbarrier.arrive(k_empty.index(slot0), count=1)
                 lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
@@ -286,12 +265,12 @@ if HAVE_GLUON:
                     lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
                     if t >= _pick(lvl, e1, e2, e4, e8):
                         acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout, WG, PINGPONG)
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                     else:
                         acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout, WG, PINGPONG)
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                 last = base + total - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
                 o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
@@ -325,7 +304,7 @@ if HAVE_GLUON:
         sq_b, sq_h, sq_l, so_b, so_h, so_l,
         BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
         STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, PINGPONG: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
     ):
         """Work items are (128 query rows, batch*head), query tiles fastest; program i takes items i,
         i + grid, ... (a grid of one program per item, or a persistent grid of one per SM)."""
@@ -350,21 +329,18 @@ if HAVE_GLUON:
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
-        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(turn.index(0), count=1)
-        mbarrier.init(turn.index(1), count=1)
         fence_async_shared()
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn,
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
                          first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, PINGPONG)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, turn,
+                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
                          first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, PINGPONG)),
+                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
                        first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                        BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
@@ -381,7 +357,7 @@ def load_rows(block_kv: int, block_n: int, level: int) -> int:
 
 def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv: int = 64, block_n: int = 128,
                  stages: int = 2, level_mask: int = 1, has_scale: bool = False, has_comp: bool = False,
-                 return_lse: bool = False, index_dtype: str = "i16", pingpong: bool = False):
+                 return_lse: bool = False, index_dtype: str = "i16"):
     """Compile the kernel for sm_90 without a GPU; returns triton's CompiledKernel (asm, metadata)."""
     import triton  # noqa: PLC0415
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
@@ -402,7 +378,7 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
     })
     consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,
                   HAS_SCALE=has_scale, HAS_COMP=has_comp, RETURN_LSE=return_lse,
-                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, PINGPONG=pingpong)
+                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS)
     for name in consts:
         sig[name] = "constexpr"
     src = GluonASTSource(_gluon_fwd, sig, consts)

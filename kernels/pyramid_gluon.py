@@ -74,7 +74,6 @@ levels).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import torch
 
@@ -105,8 +104,6 @@ STAGES_OK = (2, 3)
 DEFAULT_STAGES = {64: 3, 128: 2}
 #: one program per SM looping over work items (True) or one program per item
 PERSISTENT_DEFAULT = False
-#: the two consumer warpgroups take turns issuing their matmuls (see gluon_attn._await_turn)
-PINGPONG_DEFAULT = False
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, block_n: int = 128) -> str | None:
@@ -130,27 +127,20 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     return None
 
 
-class GluonConfig(NamedTuple):
-    block_n: int
-    stages: int
-    persistent: bool
-    pingpong: bool
-
-
-def config(kv_len: int, dense_like: bool = True) -> GluonConfig:
-    """Launch config: pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (module docstring)."""
+def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool]:
+    """(block_n, stages, persistent): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (module docstring)."""
     text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128 if dense_like else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT), "pingpong": int(PINGPONG_DEFAULT)}
+    fields = {"block_n": 128 if dense_like else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT)}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in fields or not value.strip().isdigit():
-            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1 or pingpong=0|1")
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3 or persistent=0|1")
         fields[name.strip()] = int(value)
-    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (0, 1) or fields["pingpong"] not in (0, 1):
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and pingpong 0 or 1, got {fields}")
+    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (0, 1):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and persistent 0 or 1, got {fields}")
     stages = fields["stages"] or DEFAULT_STAGES[fields["block_n"]]
     check_stages(fields["block_n"], stages)
-    return GluonConfig(fields["block_n"], stages, bool(fields["persistent"]), bool(fields["pingpong"]))
+    return fields["block_n"], stages, bool(fields["persistent"])
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -190,22 +180,20 @@ def run_plan_gluon(
     block_n: int | None = None,
     stages: int | None = None,
     persistent: bool | None = None,
-    pingpong: bool | None = None,
 ):
     """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
 
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
-    ``stages`` / ``persistent`` / ``pingpong`` override :func:`config`.
+    ``stages`` / ``persistent`` override :func:`config`.
     """
     from spbench.kernels.pyramid_triton import _check, _dense_like, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
-    cfg = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
-    block_n = block_n or cfg.block_n
-    stages = stages or (cfg.stages if block_n == cfg.block_n else DEFAULT_STAGES.get(block_n, 2))
-    persistent = cfg.persistent if persistent is None else bool(persistent)
-    pingpong = cfg.pingpong if pingpong is None else bool(pingpong)
+    cfg_n, cfg_s, cfg_p = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
+    block_n = block_n or cfg_n
+    stages = stages or (cfg_s if block_n == cfg_n else DEFAULT_STAGES.get(block_n, 2))
+    persistent = cfg_p if persistent is None else bool(persistent)
     check_stages(block_n, stages)
     reason = unsupported(q, k, v, plan, block_n)
     if reason:
@@ -245,11 +233,11 @@ def run_plan_gluon(
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
-        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, PINGPONG=pingpong,
+        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
         num_warps=4, maxnreg=MAXNREG,
     )
-    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)},pingpong={int(pingpong)}", "gluon",
-                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, pingpong=pingpong,
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)}", "gluon", kernel="gluon",
+                         BLOCK_N=block_n, num_stages=stages, persistent=persistent,
                          levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 

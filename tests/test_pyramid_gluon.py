@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -112,18 +113,18 @@ def test_kernel_switch_cpu(monkeypatch):
     monkeypatch.setenv(pyramid_triton.KERNEL_ENV, "auto")  # auto off sm_90: the Triton kernel
     pyramid_triton.run_plan(q, k, v, plan)
     assert tuning.chosen_config()["kernel"] == "triton"
-    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1,pingpong=1")
-    assert pyramid_gluon.config(1000) == (64, 2, True, True)
-    pers, ping = pyramid_gluon.PERSISTENT_DEFAULT, pyramid_gluon.PINGPONG_DEFAULT
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1")
+    assert pyramid_gluon.config(1000) == (64, 2, True)
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64")
-    assert pyramid_gluon.config(1000) == (64, 3, pers, ping)
-    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "pingpong=yes", "stages"):
+    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.PERSISTENT_DEFAULT)
+    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "stages"):
         monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, bad)
         with pytest.raises(SpbenchError):
             pyramid_gluon.config(1000)
     monkeypatch.delenv(pyramid_gluon.CONFIG_ENV)
-    assert pyramid_gluon.config(1000) == (128, 2, pers, ping) and pyramid_gluon.config(110000) == (128, 2, pers, ping)
-    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, pers, ping)  # sparse plans: 64-row tiles, 3 stages (measured)
+    default = pyramid_gluon.PERSISTENT_DEFAULT
+    assert pyramid_gluon.config(1000) == (128, 2, default) and pyramid_gluon.config(110000) == (128, 2, default)
+    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, default)  # sparse plans: 64-row tiles, 3 stages (measured)
 
 
 GPU_CASES = [
@@ -146,12 +147,11 @@ GPU_CASES = [
 
 
 @needs_sm90
-@pytest.mark.parametrize("programs", [0, 3], ids=["per-item", "persistent3-pingpong"])
+@pytest.mark.parametrize("programs", [0, 3], ids=["per-item", "persistent3"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}")
 def test_gluon_matches_reference(case, programs, monkeypatch):
     """Against the reference with one program per work item, and with a persistent grid of 3 programs
-    (each loops over many items: the rings and Q prefetch carry over from item to item) whose consumer
-    warpgroups take turns issuing their matmuls (ping-pong: its barrier phases run on across items)."""
+    (each loops over many items: the rings and Q prefetch carry over from item to item)."""
     from spbench.kernels import pyramid_gluon
     from spbench.kernels.pyramid_gluon import run_plan_gluon
     from spbench.kernels.reference import pyramid_attention_reference
@@ -172,7 +172,7 @@ def test_gluon_matches_reference(case, programs, monkeypatch):
         extras["compensation"] = torch.randn(b, hq, levels.shape[2], d, device="cuda", generator=g)
     plan = Plan.from_levels(levels, lq, lk, bq, bk, False, extras=extras)
     monkeypatch.setattr(pyramid_gluon, "_sm_count", lambda device: programs)
-    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=programs > 0, pingpong=programs > 0)
+    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=programs > 0)
     ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, bk, False, row_scale=extras.get("row_scale"),
                                             compensation=extras.get("compensation"), return_lse=True)
     tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
