@@ -54,7 +54,8 @@ default.
 Launch config: ``BLOCK_N`` 128 for dense-like plans (more than half the
 possible entries active) and 64 for sparse ones (H200, 32k x 12: dense
 10.97 vs 12.39 ms, binary 0.10 1.46 vs 1.34 ms, the pyramid mix 2.48 vs
-2.15 ms; results/reference/gluon_exec_h200_merged.json); 2 pipeline stages
+2.15 ms; results/reference/gluon_exec_h200_merged.json) below
+:data:`LONG_KV` keys, 128 from there on; 2 pipeline stages
 with 128-row tiles, 3 with 64-row tiles (see :func:`config`).
 ``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1"`` pins any of them.
 3 stages with 128-row tiles (224 KB of shared memory) are refused as
@@ -100,6 +101,10 @@ CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
 AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
 STAGES_OK = (2, 3)
+#: from this key length on, sparse plans also take 128-row tiles: binary 0.10 at 110k x 40 ran 4-8% faster
+#: with them than with 64-row tiles in each of three H200 calls, at 32k x 12 11-19% slower (between the two
+#: lengths the threshold is a guess; results/reference/gluon-2026-12-02/)
+LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
 #: one program per SM looping over work items (True) or one program per item
@@ -130,7 +135,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
 def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool]:
     """(block_n, stages, persistent): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (module docstring)."""
     text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128 if dense_like else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT)}
+    fields = {"block_n": 128 if dense_like or kv_len >= LONG_KV else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT)}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in fields or not value.strip().isdigit():

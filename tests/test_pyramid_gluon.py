@@ -125,6 +125,7 @@ def test_kernel_switch_cpu(monkeypatch):
     default = pyramid_gluon.PERSISTENT_DEFAULT
     assert pyramid_gluon.config(1000) == (128, 2, default) and pyramid_gluon.config(110000) == (128, 2, default)
     assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, default)  # sparse plans: 64-row tiles, 3 stages (measured)
+    assert pyramid_gluon.config(110000, dense_like=False) == (128, 2, default)  # long sparse plans: 128-row tiles (measured)
 
 
 GPU_CASES = [
