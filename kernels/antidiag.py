@@ -45,9 +45,9 @@ The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
    reach past the program's first row): interior tiles skip the per-entry
    select. Scratch rows hold every tile's blocks, so the per-tile store is
    masked by row only and vectorizes. Static SASS at d = 128, stride 8
-   (fp8, TMA 128 x 128): the epilogue of an interior tile ran ~1280
-   instructions per thread with 64-bit column indices and the mask on
-   every tile, ~690 now (benchmarks/inspect_xattn_sm90.py,
+   (fp8, TMA 128 x 128 tiles): the epilogue ran ~1450 instructions per
+   thread and tile with 64-bit column indices and the mask on every tile;
+   an interior tile's takes ~690 now (benchmarks/inspect_xattn_sm90.py,
    results/reference/xattn_epilogue_sm90.md).
 2. ``_block_sums``: one program per (query block, KV block range,
    batch*head) turns those into probabilities exp2(lse_block - lse_row) and
@@ -93,14 +93,14 @@ def check_blocks(stride: int, block_q: int, block_kv: int) -> None:
 
 
 @triton.jit
-def _tile_logits(acc, row_scale, KSC_T, src, rows_rel, c0, edge, n_cols, k_rows,
+def _tile_logits(acc, row_scale, KSC_T, src, rows32, c0, edge, n_cols, k_rows,
                  BLOCK_N: tl.constexpr, FP8: tl.constexpr, CAUSAL: tl.constexpr):
     """Scaled logits of one finished tile; masked entries -inf, on edge tiles only.
 
     ``KSC_T``: the tile's key scales (fp8); ``src``: each column's tile-local
     source reshaped row (:func:`interleaved_source` repeats per tile: BLOCK_N
-    is a multiple of G * CPB); ``rows_rel``: reshaped rows minus the program's
-    first. ``edge``: the tile may hold masked columns (past n_cols, or after
+    is a multiple of G * CPB); ``rows32``: the program's reshaped rows (int32).
+    ``edge``: the tile may hold masked columns (past n_cols, or after
     some row under causal). Interior tiles skip the per-entry select and the
     key-scale mask (their columns are all < n_cols <= k_rows), which changes
     nothing but work. Column indices are int32, relative to the tile.
@@ -117,7 +117,7 @@ def _tile_logits(acc, row_scale, KSC_T, src, rows_rel, c0, edge, n_cols, k_rows,
     if edge:
         valid = (src < n_cols - c0)[None, :]
         if CAUSAL:
-            valid = valid & (src[None, :] <= rows_rel[:, None] - c0)
+            valid = valid & (src[None, :] <= rows32[:, None] - c0)
         s = tl.where(valid, s, float("-inf"))
     return s
 
@@ -175,11 +175,11 @@ def _tile_lse(
     q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + q_last[:, None] * sql + dims[None, :] * sqd
     k_ptrs0 = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + (col_offs * STRIDE)[:, None] * skl + dims[None, :] * skd
     # loop-invariant epilogue operands: scratch pointers of the tile's first block, the row mask,
-    # each tile column's tile-local source reshaped row (int32), rows relative to the program's first
+    # each tile column's tile-local source reshaped row, the rows in int32
     lse_ptrs = LSE + pid_bh.to(tl.int64) * n_rows * ld + rows[:, None] * ld + tl.arange(0, KPT)[None, :]
     row_ok = (rows < n_rows)[:, None]
     src = interleaved_source(tl.arange(0, BLOCK_N), G, CPB)
-    rows_rel = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
+    rows32 = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     row_scale = qk_scale
     k_scale_base = KSC
     if FP8:  # per reshaped-row scales of the e4m3 copies (fp8_rows.quantize_rows with group S)
@@ -219,7 +219,7 @@ def _tile_lse(
                 edge = c0 + BLOCK_N > n_cols
                 if CAUSAL:
                     edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
-                s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows_rel, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
+                s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
                 m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
                 acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
@@ -238,7 +238,7 @@ def _tile_lse(
             edge = c0 + BLOCK_N > n_cols
             if CAUSAL:
                 edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
-            s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows_rel, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
+            s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
             m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
     row_lse = tl.where(m_i == float("-inf"), float("-inf"), m_i + tl.log2(tl.maximum(l_i, 1e-30)))
     tl.store(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, row_lse, mask=rows < n_rows)
