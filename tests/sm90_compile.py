@@ -73,8 +73,8 @@ for cfg in job["configs"]:
         res["sass_instr"] = len(instr)
         res["sass_shfl"] = sum(1 for i in instr if "SHFL" in i)
         res["sass_mufu"] = sum(1 for i in instr if "MUFU" in i)
-        res["sass_sts"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?STS", i))  # shared-memory stores
-        res["sass_lds"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?LDS", i))  # shared-memory loads (not LDSM)
+        res["sass_sts"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?STS", i))  # shared-memory stores (STS, STSM)
+        res["sass_lds"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?LDS", i))  # shared-memory loads (LDS, LDSM; also the never-executed "@!PT LDS RZ" padding)
         res["sass_stg"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?STG", i))  # global stores
         if job.get("dump"):
             with open(job["dump"] + f"_{len(out)}.sass", "w") as f:
