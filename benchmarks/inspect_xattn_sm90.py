@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--causal", type=int, default=0)
     ap.add_argument("--block-kv", type=int, default=128)
     ap.add_argument("--stride", type=int, default=8)
+    ap.add_argument("--dump", default="", help="path prefix: write each config's TTGIR / PTX / SASS to {dump}_{dtype}_{i}.{ext}")
+    ap.add_argument("--only", default="", help="comma-separated candidate indices to compile (default: all)")
     args = ap.parse_args()
     mod = importlib.import_module(args.module)
     fn = mod._tile_lse
@@ -38,6 +40,8 @@ def main() -> None:
         elem = "fp8e4nv" if fp8 else "bf16"
         configs = []
         cands = mod.gpu_candidates(fp8)
+        if args.only:
+            cands = [cands[int(i)] for i in args.only.split(",") if int(i) < len(cands)]
         for bm, bn, warps, stages, flat, *tma in cands:
             consts = dict(STRIDE=stride, D=d, BLOCK_M=bm, CPB=cpb, KPT=bn // cpb, CAUSAL=bool(args.causal), DOT_F32=False, FLAT=flat, TMA=tma[0] if tma else 0, FP8=fp8)
             if "G" in fn.arg_names:
@@ -48,6 +52,7 @@ def main() -> None:
         res = sm90_resources(
             args.module, "_tile_lse", configs, {"LSE": "*fp32", "ROW_LSE": "*fp32", "QSC": "*fp32", "KSC": "*fp32"},
             div16=("sqb", "sqh", "sql", "skb", "skh", "skl", "ld"), ones=("sqd", "skd"), floats=("qk_scale",), sass=True,
+            dump=f"{args.dump}_{elem}" if args.dump else "",
         )
         for cand, r in zip(cands, res):
             row = dict(dtype=elem, config=list(cand), **r)

@@ -39,7 +39,16 @@ The Triton path never materialises the (Lq/S) x (Lk/S) matrix:
    fp8 writes its e4m3 copy of K in that order (and its scales), at no
    extra cost; bf16 keeps K as is unless ``interleave`` asks for a
    permuted copy. Column masks (ragged tail, causal) use each column's
-   source reshaped row (:func:`~spbench.kernels.fp8_rows.interleaved_source`).
+   source reshaped row (:func:`~spbench.kernels.fp8_rows.interleaved_source`;
+   the permutation repeats per tile, so it is one loop-invariant int32
+   vector) and run on edge tiles only (the last tile, causal tiles that
+   reach past the program's first row): interior tiles skip the per-entry
+   select. Scratch rows hold every tile's blocks, so the per-tile store is
+   masked by row only and vectorizes. Static SASS at d = 128, stride 8
+   (fp8, TMA 128 x 128 tiles): the epilogue ran ~1450 instructions per
+   thread and tile with 64-bit column indices and the mask on every tile;
+   an interior tile's takes ~690 now (benchmarks/inspect_xattn_sm90.py,
+   results/reference/xattn_epilogue_sm90.md).
 2. ``_block_sums``: one program per (query block, KV block range,
    batch*head) turns those into probabilities exp2(lse_block - lse_row) and
    sums them over the query block's rows.
@@ -84,29 +93,55 @@ def check_blocks(stride: int, block_q: int, block_kv: int) -> None:
 
 
 @triton.jit
-def _lse_epilogue(acc, row_scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld,
-                  BLOCK_M: tl.constexpr, KPT: tl.constexpr, CPB: tl.constexpr, G: tl.constexpr, CAUSAL: tl.constexpr):
-    """Per-(row, KV block) log-sum-exp of one finished tile to scratch; online row LSE update.
+def _tile_logits(acc, row_scale, KSC_T, src, rows32, c0, edge, n_cols, k_rows,
+                 BLOCK_N: tl.constexpr, FP8: tl.constexpr, CAUSAL: tl.constexpr):
+    """Scaled logits of one finished tile; masked entries -inf, on edge tiles only.
 
-    ``cols``: the reshaped key row of each tile column (interleaved order,
-    :func:`interleaved_source`); ``row_scale`` multiplies the logits (a
-    scalar, or per row in fp8). One exp2 per entry, relative to the running
-    row max (no per-block max: an entry more than 126 below the row max
-    underflows to 0, a probability under 2^-126 of the row total anyway),
-    then the block sums: with G = 8 every column of a block is in one
-    thread's registers of the wgmma accumulator, so they need no shuffles.
+    ``KSC_T``: the tile's key scales (fp8); ``src``: each column's tile-local
+    source reshaped row (:func:`interleaved_source` repeats per tile: BLOCK_N
+    is a multiple of G * CPB); ``rows32``: the program's reshaped rows (int32).
+    ``edge``: the tile may hold masked columns (past n_cols, or after
+    some row under causal). Interior tiles skip the per-entry select and the
+    key-scale mask (their columns are all < n_cols <= k_rows), which changes
+    nothing but work. Column indices are int32, relative to the tile.
     """
-    valid = (cols < n_cols)[None, :]
-    if CAUSAL:
-        valid = valid & (cols[None, :] <= rows[:, None])
-    s = tl.where(valid, acc * row_scale, float("-inf"))
+    scale = row_scale
+    if FP8:
+        cj = tl.arange(0, BLOCK_N)
+        if edge:
+            ks = tl.load(KSC_T + cj, mask=cj < k_rows - c0, other=0.0)
+        else:
+            ks = tl.load(KSC_T + cj)
+        scale = row_scale * ks[None, :]
+    s = acc * scale
+    if edge:
+        valid = (src < n_cols - c0)[None, :]
+        if CAUSAL:
+            valid = valid & (src[None, :] <= rows32[:, None] - c0)
+        s = tl.where(valid, s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _lse_epilogue(s, lse_ptrs, row_ok, m_i, l_i,
+                  BLOCK_M: tl.constexpr, KPT: tl.constexpr, CPB: tl.constexpr, G: tl.constexpr):
+    """Per-(row, KV block) log-sum-exp of one tile's logits ``s`` to scratch; online row LSE update.
+
+    One exp2 per entry, relative to the running row max (no per-block max:
+    an entry more than 126 below the row max underflows to 0, a probability
+    under 2^-126 of the row total anyway), then the block sums: with G = 8
+    every column of a block is in one thread's registers of the wgmma
+    accumulator, so they need no shuffles. The store is masked by row only
+    (scratch rows hold every tile's KV blocks, ``ld >= n_tiles * KPT``;
+    blocks past nkv get -inf and are never read), so it vectorizes.
+    """
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.exp2(s - m_safe[:, None])
     # columns (group g, sample c, block j) -> block g * G + j of the tile
     bsum = tl.reshape(tl.sum(tl.reshape(p, [BLOCK_M, KPT // G, CPB, G]), axis=2), [BLOCK_M, KPT])
     lse = tl.where(bsum > 0.0, m_safe[:, None] + tl.log2(tl.maximum(bsum, 1e-37)), float("-inf"))
-    tl.store(lse_base + rows[:, None] * ld + kvb[None, :], lse, mask=(rows < n_rows)[:, None] & (kvb < nkv)[None, :])
+    tl.store(lse_ptrs, lse, mask=row_ok)
     l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(bsum, axis=1)
     return m_new, l_i
 
@@ -139,8 +174,14 @@ def _tile_lse(
     q_last = rows * STRIDE + (STRIDE - 1)
     q_ptrs = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + q_last[:, None] * sql + dims[None, :] * sqd
     k_ptrs0 = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + (col_offs * STRIDE)[:, None] * skl + dims[None, :] * skd
-    lse_base = LSE + pid_bh.to(tl.int64) * n_rows * ld
+    # loop-invariant epilogue operands: scratch pointers of the tile's first block, the row mask,
+    # each tile column's tile-local source reshaped row, the rows in int32
+    lse_ptrs = LSE + pid_bh.to(tl.int64) * n_rows * ld + rows[:, None] * ld + tl.arange(0, KPT)[None, :]
+    row_ok = (rows < n_rows)[:, None]
+    src = interleaved_source(tl.arange(0, BLOCK_N), G, CPB)
+    rows32 = tl.arange(0, BLOCK_M) + pid_m * BLOCK_M
     row_scale = qk_scale
+    k_scale_base = KSC
     if FP8:  # per reshaped-row scales of the e4m3 copies (fp8_rows.quantize_rows with group S)
         row_scale = qk_scale * tl.load(QSC + bh.to(tl.int64) * n_rows + rows, mask=rows < n_rows, other=0.0)[:, None]
         k_scale_base = KSC + (b * (hq // group) + hk).to(tl.int64) * k_rows
@@ -174,12 +215,12 @@ def _tile_lse(
                 kt = kt.to(tl.float32)
             acc = tl.dot(qt, tl.trans(kt), acc)
             if i == STRIDE - 1:
-                kvb = t * KPT + tl.arange(0, KPT).to(tl.int64)
-                scale = row_scale
-                if FP8:
-                    scale = row_scale * tl.load(k_scale_base + pos, mask=pos < k_rows, other=0.0)[None, :]
-                cols = interleaved_source(pos, G, CPB)
-                m_i, l_i = _lse_epilogue(acc, scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld, BLOCK_M, KPT, CPB, G, CAUSAL)
+                c0 = t * BLOCK_N
+                edge = c0 + BLOCK_N > n_cols
+                if CAUSAL:
+                    edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
+                s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
+                m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
                 acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
         for t in range(0, n_tiles):
@@ -193,12 +234,12 @@ def _tile_lse(
                     qt = qt.to(tl.float32)
                     kt = kt.to(tl.float32)
                 acc += tl.dot(qt, tl.trans(kt))
-            kvb = t * KPT + tl.arange(0, KPT).to(tl.int64)
-            scale = row_scale
-            if FP8:
-                scale = row_scale * tl.load(k_scale_base + pos, mask=pos < k_rows, other=0.0)[None, :]
-            cols = interleaved_source(pos, G, CPB)
-            m_i, l_i = _lse_epilogue(acc, scale, cols, kvb, lse_base, rows, m_i, l_i, n_rows, n_cols, nkv, ld, BLOCK_M, KPT, CPB, G, CAUSAL)
+            c0 = t * BLOCK_N
+            edge = c0 + BLOCK_N > n_cols
+            if CAUSAL:
+                edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
+            s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
+            m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
     row_lse = tl.where(m_i == float("-inf"), float("-inf"), m_i + tl.log2(tl.maximum(l_i, 1e-30)))
     tl.store(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, row_lse, mask=rows < n_rows)
 
@@ -356,7 +397,9 @@ def antidiagonal_scores(
         raise ValueError("TMA configs need contiguous q and k with lengths a multiple of the stride")
     if any(c.get("TMA") and not c.get("FLAT") for c in configs):
         raise ValueError("TMA loads are implemented in the flat loop only (FLAT=1)")
-    ld = math.ceil(nkv / 16) * 16  # scratch row stride: 64-byte aligned rows
+    # scratch row stride: 64-byte aligned rows holding every tile's KV blocks (the kernel's stores are masked by row only)
+    row_blocks = max([16] + [c["KPT"] for c in configs])
+    ld = math.ceil(nkv / row_blocks) * row_blocks
     qk_scale = (dim**-0.5 if scale is None else scale) / stride * LOG2E
     out = torch.empty(bsz, hq, nq, nkv, dtype=torch.float32, device=q.device)
     per_head = 4 * n_rows * (ld + 1)

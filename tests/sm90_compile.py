@@ -57,6 +57,13 @@ for cfg in job["configs"]:
     res["pipelined"] = "async_copy" in kernel.asm["ttgir"] or "async_tma_copy" in kernel.asm["ttgir"]  # cp.async or TMA
     res["shfl_bfly"] = kernel.asm["ptx"].count("shfl.sync.bfly")  # cross-lane reduction steps (static count)
     res["SHARED"] = int(kernel.metadata.shared)  # bytes of shared memory per program
+    ttgir = kernel.asm["ttgir"]
+    res["convert_layout"] = ttgir.count("ttg.convert_layout")  # layout changes (some go through shared memory)
+    res["local_alloc"] = ttgir.count("ttg.local_alloc")  # shared-memory buffers (pipeline stages, layout round trips)
+    if job.get("dump"):
+        for ext in ("ttgir", "ptx"):
+            with open(job["dump"] + f"_{len(out)}.{ext}", "w") as f:
+                f.write(kernel.asm[ext])
     if job.get("sass"):  # static SASS counts: all instructions, warp shuffles (SHFL), transcendentals (MUFU)
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
             f.write(kernel.asm["cubin"])
@@ -66,16 +73,25 @@ for cfg in job["configs"]:
         res["sass_instr"] = len(instr)
         res["sass_shfl"] = sum(1 for i in instr if "SHFL" in i)
         res["sass_mufu"] = sum(1 for i in instr if "MUFU" in i)
+        res["sass_sts"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?STS", i))  # shared-memory stores (STS, STSM)
+        res["sass_lds"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?LDS", i))  # shared-memory loads (LDS, LDSM; also the never-executed "@!PT LDS RZ" padding)
+        res["sass_stg"] = sum(1 for i in instr if re.match(r"(@!?U?P\w+\s+)?STG", i))  # global stores
+        if job.get("dump"):
+            with open(job["dump"] + f"_{len(out)}.sass", "w") as f:
+                f.write(sass)
     out.append(res)
 print("RESULT " + json.dumps(out))
 """
 
 
-def sm90_resources(module: str, kernel: str, configs: list[dict], pointers: dict, div16=(), ones=(), floats=(), sass: bool = False) -> list[dict]:
-    """Compile ``module.kernel`` once per config (``{"constexprs": ..., "options": ...}``) for sm_90."""
+def sm90_resources(module: str, kernel: str, configs: list[dict], pointers: dict, div16=(), ones=(), floats=(), sass: bool = False, dump: str = "") -> list[dict]:
+    """Compile ``module.kernel`` once per config (``{"constexprs": ..., "options": ...}``) for sm_90.
+
+    ``dump``: a path prefix; each config's TTGIR / PTX (and SASS with ``sass``) are written to ``{dump}_{i}.{ext}``.
+    """
     pytest.importorskip("triton")
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    job = dict(module=module, kernel=kernel, configs=configs, pointers=pointers, div16=list(div16), ones=list(ones), floats=list(floats), sass=sass)
+    job = dict(module=module, kernel=kernel, configs=configs, pointers=pointers, div16=list(div16), ones=list(ones), floats=list(floats), sass=sass, dump=dump)
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(job)], capture_output=True, text=True, env=env, timeout=600, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -249,3 +249,36 @@ def test_tau_is_a_native_knob():
 def test_bad_knobs(knobs, match):
     with pytest.raises(SpbenchError, match=match):
         spbench.get_method("xattention", **knobs)
+
+
+@pytest.mark.parametrize(
+    "lq,lk,hq,hkv,stride,bk,bm,bn,causal,fp8",
+    [
+        # n_cols 128, a whole number of 32-column tiles: no ragged edge; causal: interior tiles below the
+        # diagonal, masked ones on it (4 row programs x 4 tiles); TMA (lengths a multiple of the stride)
+        (1024, 1024, 2, 1, 8, 128, 32, 32, False, False),
+        (1024, 1024, 2, 1, 8, 128, 32, 32, True, False),
+        # ragged last tile (pointer path), cross lengths, GQA
+        (1000, 1100, 4, 2, 8, 128, 32, 64, True, False),
+        (1000, 1100, 4, 2, 8, 128, 32, 64, False, False),
+        # 32 KV blocks per tile (KPT > 16): scratch rows must hold the last tile's blocks past nkv = 35
+        (1100, 1100, 2, 1, 8, 32, 64, 128, False, False),
+        (1100, 1100, 2, 1, 8, 32, 64, 128, True, False),
+        # fp8: interleave 8 x 4 columns = 32 < 64-column tiles, n_cols 94 -> 96 key-scale rows: the last
+        # tile's key scales past them are masked (read unmasked on interior tiles); TMA (the e4m3 copies are
+        # padded) and pointer loads
+        (1500, 1500, 2, 1, 16, 64, 64, 64, False, True),
+        (1500, 1504, 2, 1, 16, 64, 32, 64, True, True),
+    ],
+)
+def test_triton_interior_and_edge_tiles(lq, lk, hq, hkv, stride, bk, bm, bn, causal, fp8):
+    # _tile_lse masks only edge tiles (ragged tail, causal diagonal) and stores row-masked scratch rows:
+    # shapes with many tiles of each kind (interior, diagonal, ragged) give the reference's scores
+    from spbench.kernels.fp8_rows import fp8_values
+
+    q, k = torch.randn(1, hq, lq, 64) * 1.5, torch.randn(1, hkv, lk, 64) * 1.5
+    cfg = dict(BLOCK_M=bm, KPT=bn // (bk // stride), num_warps=4, num_stages=1, FLAT=1, TMA=int(lq % stride == 0 and lk % stride == 0 or fp8 and not causal))
+    got = antidiagonal_scores(q, k, stride, 128, bk, causal, config=cfg, fp8=fp8)
+    if fp8:
+        q, k = fp8_values(q, stride), fp8_values(k, stride)
+    torch.testing.assert_close(got, antidiagonal_scores_reference(q, k, stride, 128, bk, causal), atol=2e-5, rtol=0)
