@@ -38,9 +38,8 @@ if HAVE_GLUON:
         ``LR = min(R, BLOCK_N)`` rows (the descriptor's box). Reading the
         tile's entry indices in one vector load keeps the loader from
         waiting on one dependent global load per TMA copy: at level 8 a
-        tile is 8-16 copies. Past the
-        last entry (a tile's unfilled tail) the last entry is reloaded; the
-        consumer masks it.
+        tile is 8-16 copies. Past the last entry (a tile's unfilled tail)
+        the last entry is reloaded; the consumer masks it.
         """
         NL: gl.constexpr = BLOCK_N // LR
         # every lane holds the whole vector, so picking one entry is in-thread (no shuffles)
