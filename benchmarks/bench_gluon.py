@@ -8,7 +8,8 @@ processes: small ragged shapes vs the PyTorch reference and the Triton
 kernel, ``run_plan``'s kernel dispatch, and compiling every timed variant
 at a small shape into Triton's cache), ``time32`` (32k x 12 heads:
 dense bk64/bk128, binary 0.10, the pyramid mix 1:0.10,2:0.05,8:0.20 with
-the pyramid prebuilt, a per-level cost table at 40% of the blocks) and
+the pyramid prebuilt, a per-level cost table at 40% of the blocks and the
+marginal cost of a level-p block, 40% minus 20%, which cancels per-call constants) and
 ``time110`` (110k x 40 heads: dense, binary 0.10). bf16, d=128, batch 1, non-causal; CUDA events, L2 flushed, median.
 Results (ms, TFLOP/s, ratio vs the fastest SDPA backend and vs the Triton
 kernel) go to one JSON file.

@@ -11,7 +11,7 @@ try:  # Gluon is experimental: its absence (or an older API) only disables this 
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401 - the host needs it: part of the availability check
 
     HAVE_GLUON = all(hasattr(gl, name) for name in ("warp_specialize", "NVMMADistributedLayout", "allocate_shared_memory")) and hasattr(
         tma, "async_copy_global_to_shared"
