@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/inspect_xattn_sm90.py                      # this checkout
     .venv/bin/python benchmarks/inspect_xattn_sm90.py --module benchmarks.baselines.antidiag_49f9ad6
+    (an older version, made with git show 49f9ad6:kernels/antidiag.py > benchmarks/baselines/antidiag_49f9ad6.py)
 
 Compiles the kernel for every GPU autotune candidate at d=128, stride 8,
 block_kv 128 (xattention's defaults; --block-kv 64 for 8 columns per block), bf16 and fp8 operands, and prints
