@@ -296,11 +296,13 @@ def gpu_candidates(fp8: bool = False) -> list[tuple[int, ...]]:
 
 
 def key_interleave(cpb: int, configs: list[dict[str, int]]) -> int:
-    """KV blocks per interleave group of the reshaped keys: up to 8, with ``G * cpb`` dividing every BLOCK_N.
+    """KV blocks per interleave group of a scorer's key columns: up to 8, with ``G * cpb`` dividing every BLOCK_N.
 
-    The wgmma accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``:
-    with 8 blocks interleaved (column ``c * 8 + j`` = reshaped row c of block j)
-    a thread holds every column of its blocks, so the block sums are
+    ``cpb``: key columns per KV block (reshaped rows here, sampled keys in
+    :mod:`spbench.kernels.psa_score`, which uses this rule too). The wgmma
+    accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``: with
+    8 blocks interleaved (column ``c * 8 + j`` = column c of block j) a
+    thread holds every column of its blocks, so per-block reductions are
     in-register; G = 4, 2 leave 1, 2 shuffle rounds.
     """
     group = 8

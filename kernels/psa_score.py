@@ -59,7 +59,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from spbench.kernels import score_tuning
-from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting
+from spbench.kernels.antidiag import LOG2E, dot_in_fp32, interpreting, key_interleave  # key_interleave: one rule for both scorers
 from spbench.kernels.fp8_rows import FP8_DTYPE, dequantize_rows, quantize_rows, quantize_tile, round_to_e4m3
 
 
@@ -299,20 +299,6 @@ def rowmax_configs(device: torch.device, dim: int, sk: int, tile: int | None = N
         if cfg not in out:
             out.append(cfg)
     return out
-
-
-def key_interleave(sk: int, configs: list[dict[str, int]]) -> int:
-    """KV blocks per interleave group of the gathered keys: up to 8, with ``G * sk`` dividing every BLOCK_N.
-
-    The wgmma accumulator gives a thread columns ``8 i + 2 (lane % 4) + {0, 1}``:
-    with 8 blocks interleaved (column ``s * 8 + j`` = sample s of block j) a
-    thread holds every sample of its blocks, so the per-block max is
-    in-register; fewer blocks (G = 4, 2) leave 1, 2 shuffle rounds.
-    """
-    group = 8
-    while group > 1 and any(c["BLOCK_N"] % (group * sk) for c in configs):
-        group //= 2
-    return group
 
 
 def psa_importance(
