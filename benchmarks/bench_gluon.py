@@ -42,6 +42,10 @@ GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers) for bn, st in ((1
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
+def variant_label(var: dict) -> str:
+    return f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
+
+
 def check_cases():
     cases = []
     for bk in (64, 128):
@@ -266,7 +270,7 @@ def phase_time(long: bool):
         row["triton"] = {"ms": t_tri, "tflops": flops / t_tri / 1e9, "vs_sdpa": base / t_tri, "config": TRITON_CFG[f"{tag}_{name}"]}
         best = None
         for var in GLUON_VARIANTS:
-            label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
+            label = variant_label(var)
             try:
                 out = run_plan_gluon(q, k, v, plan, pyramid=pyr, **var)
                 torch.cuda.synchronize()
@@ -295,7 +299,7 @@ def phase_time(long: bool):
                 tuning.pin_config(None)
             cost[p] = {"triton_ms": t_tri, "gluon_auto_ms": bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]}
             for var in GLUON_VARIANTS:
-                label = f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
+                label = variant_label(var)
                 cost[p][label + "_ms"] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
         for p in (1, 2, 4, 8):
             for key in [x for x in cost[p] if x.endswith("_ms")]:
