@@ -38,12 +38,14 @@ TRITON_CFG = {
     "110k_sparse10": "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2,TMA=1",
 }
 # 3 stages: wrong results with the pooled-level kernel on H200 (see spbench.kernels.pyramid_gluon), refused
-GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers) for bn, st in ((128, 2), (64, 2), (64, 3)) for pers in (False, True)]
+# Q in registers (q_regs) only with 64-row tiles: with 128-row tiles the consumer spills (sm_90 compile)
+GLUON_VARIANTS = [dict(block_n=bn, stages=st, persistent=pers, q_regs=qr)
+                  for bn, st, qr in ((128, 2, False), (64, 2, False), (64, 3, False), (64, 2, True), (64, 3, True)) for pers in (False, True)]
 PSA_MIX = {1: 0.10, 2: 0.05, 8: 0.20}
 
 
 def variant_label(var: dict) -> str:
-    return f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_persistent" if var["persistent"] else "")
+    return f"gluon_bn{var['block_n']}_s{var['stages']}" + ("_qregs" if var.get("q_regs") else "") + ("_persistent" if var["persistent"] else "")
 
 
 def check_cases():
@@ -67,7 +69,8 @@ def check_cases():
         dict(lq=256, lk=700, bk=64, bn=64, stages=2, pooled=True, epilogue=True, bq=256, programs=5),
         dict(lq=384, lk=1000, bk=64, bn=128, stages=2, empty=True, dense=True, programs=1),
     ]
-    return cases + [dict(c, stages=3) for c in cases if c["bn"] == 64]  # 3 stages: 64-row tiles only
+    cases += [dict(c, stages=3) for c in cases if c["bn"] == 64]  # 3 stages: 64-row tiles only
+    return cases + [dict(c, q_regs=True) for c in cases]
 
 
 def run_case(c):
@@ -103,7 +106,8 @@ def run_case(c):
         plan = Plan.from_levels(levels, c["lq"], c["lk"], bq, c["bk"], False, extras=extras)
         if c.get("programs"):
             pyramid_gluon._sm_count = lambda device: c["programs"]  # a small persistent grid (this worker's process only)
-        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"], persistent=bool(c.get("programs")))
+        out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=c["bn"], stages=c["stages"], persistent=bool(c.get("programs")),
+                                  q_regs=c.get("q_regs", False))
         torch.cuda.synchronize()
         ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, c["bk"], False, row_scale=extras.get("row_scale"),
                                                 compensation=extras.get("compensation"), return_lse=True)
@@ -172,7 +176,7 @@ def warm(spec):
             tuning.pin_config(spec["cfg"])
             run_plan(q, k, v, plan, pyramid=pyr, kernel="triton")
         else:
-            run_plan_gluon(q, k, v, plan, pyramid=pyr, block_n=spec["bn"], stages=spec["stages"])
+            run_plan_gluon(q, k, v, plan, pyramid=pyr, block_n=spec["bn"], stages=spec["stages"], q_regs=spec["q_regs"])
         torch.cuda.synchronize()
         return dict(case=spec, ok=True, warm=True, secs=round(time.time() - t0, 1))
     except Exception as exc:  # noqa: BLE001
@@ -183,11 +187,11 @@ def warm_specs():
     specs = []
     mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)]
     for bk, mix in mixes:
-        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st))
+        for bn, st, qr in sorted({(var["block_n"], var["stages"], var["q_regs"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st, q_regs=qr))
     for p in (2, 4, 8):
-        for bn, st in sorted({(var["block_n"], var["stages"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st))
+        for bn, st, qr in sorted({(var["block_n"], var["stages"], var["q_regs"]) for var in GLUON_VARIANTS}):
+            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st, q_regs=qr))
     for name, cfg in TRITON_CFG.items():
         bk = 128 if "bk128" in name else 64
         mixes = {"psa_mix": [PSA_MIX], "level": [{p: 0.4} for p in (1, 2, 4, 8)]}

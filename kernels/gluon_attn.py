@@ -84,6 +84,15 @@ if HAVE_GLUON:
         return b, h, bh, kvh, q_start, row
 
     @gluon.jit
+    def _counts(Count, item, n_items, n_m, num_heads, group, num_qb, BLOCK_Q: gl.constexpr):
+        """The schedule's 8 counts of ``item`` (entries per level, then clean entries per level); an item past
+        the end reads the last item's (the consumer prefetches the next item's counts before its epilogue)."""
+        row = _item(gl.minimum(item, n_items - 1), n_m, num_heads, group, num_qb, BLOCK_Q)[5]
+        cnt = Count + row * 8
+        return (gl.load(cnt + 0), gl.load(cnt + 1), gl.load(cnt + 2), gl.load(cnt + 3),
+                gl.load(cnt + 4), gl.load(cnt + 5), gl.load(cnt + 6), gl.load(cnt + 7))
+
+    @gluon.jit
     def _tiles(n, R: gl.constexpr, BLOCK_N: gl.constexpr):
         return (n * R + BLOCK_N - 1) // BLOCK_N
 
@@ -123,32 +132,27 @@ if HAVE_GLUON:
         return gl.where(lvl == 0, a0, gl.where(lvl == 1, a1, gl.where(lvl == 2, a2, a3)))
 
     @gluon.jit
-    def _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row,
+    def _masked(s, tl, lvl, n_l, k_l, kv_len, inv_scale,
                 BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, s_layout: gl.constexpr):
         """Raw scores of a tile that needs masks: + log2(group size)/scale per pooled key, -inf past the
-        level's entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
+        level's ``n_l`` entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
 
-        The level's entry count and start are re-read from the count row here
-        (masked tiles are few; keeping them live would cost consumer registers).
+        No memory reads: entries before ``k_l`` (the level's clean count) are whole blocks; the one entry
+        that may follow them is the ragged last KV block (non-causal plans; entries ascend within a level).
         """
-        n0 = gl.load(cnt + 0)
-        n1 = gl.load(cnt + 1)
-        n2 = gl.load(cnt + 2)
-        n_l = _pick(lvl, n0, n1, n2, gl.load(cnt + 3))
-        start_l = _pick(lvl, 0, n0, n0 + n1, n0 + n1 + n2)
         r = BLOCK_KV >> lvl  # rows per entry at this level
         c = tl * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         e = c // r
-        blk = gl.load(idx_row + start_l + gl.minimum(e, n_l - 1)).to(gl.int32)
-        first = ((blk * r + c % r) << lvl)  # first key position of the pooled row
-        size = gl.minimum(kv_len - first, 1 << lvl)
+        last_blk = (kv_len - 1) // BLOCK_KV
+        first = ((last_blk * r + c % r) << lvl)  # first key of the pooled row, if it is in the ragged block
+        size = gl.where(e < k_l, 1 << lvl, gl.minimum(kv_len - first, 1 << lvl))
         ok = (e < n_l) & (size > 0)
         bias = gl.log2(gl.maximum(size, 1).to(gl.float32)) * inv_scale
         return gl.where(gl.expand_dims(ok, 0), s + gl.expand_dims(bias, 0), float("-inf"))
 
     @gluon.jit
-    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_smem, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-              cnt, kv_len, qk_scale, inv_scale, idx_row,
+    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+              n_l, k_l, kv_len, qk_scale, inv_scale,
               MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
         """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
@@ -161,14 +165,14 @@ if HAVE_GLUON:
         slot = t % STAGES
         prev = (t - 1) % STAGES
         mbarrier.wait(k_ready.index(slot), (t // STAGES) & 1)
-        s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s_tok = warpgroup_mma(q_a, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         mbarrier.wait(v_ready.index(prev), ((t - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p_op, v_bufs.index(prev), acc, is_async=True)
         if MASKED:
             s, acc = warpgroup_mma_wait(0, deps=[s_tok, o_tok])
             mbarrier.arrive(k_empty.index(slot), count=1)
             mbarrier.arrive(v_empty.index(prev), count=1)
-            s = _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+            s = _masked(s, tl, lvl, n_l, k_l, kv_len, inv_scale, BLOCK_N, BLOCK_KV, s_layout)
             m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
             p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
         else:
@@ -183,7 +187,7 @@ if HAVE_GLUON:
             acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
             mbarrier.arrive(v_empty.index(prev), count=1)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+        p_op = gl.convert_layout(p.to(p_op.dtype), p_layout)
         return acc, p_op, m_new, l_i
 
     @gluon.jit
@@ -200,11 +204,12 @@ if HAVE_GLUON:
         return gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(ok, 1), other=0.0)
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+    def _consumer(Q, Out, Lse, RowScale, Comp, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
                   sq_b, sq_h, sq_l, so_b, so_h, so_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
-                  D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr):
+                  D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
+                  Q_REGS: gl.constexpr):
         """One warpgroup: softmax(Q K^T) V for its 64 query rows of each work item, over every tile of every level.
 
         Tiles are numbered across levels (the loader's order); tile t of an
@@ -213,32 +218,36 @@ if HAVE_GLUON:
         log2(p) = lvl to the row max and the shift (no per-element cost); the
         others go through :func:`_masked`. The next item's Q rows are loaded
         into registers before this item's epilogue, so their latency overlaps
-        the output store.
+        the output store, and so are its schedule counts.
         """
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        q_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
         q_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[4, 1], order=[1, 0])
         dtype: gl.constexpr = q_smem.dtype
         inv_scale = 1.0 / qk_scale
         base = 0
         qv = _load_q(Q, first, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
+        n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, first, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
         for item in range(first, n_items, step):
             b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
-            idx_row = Idx + row * width
-            cnt = Count + row * 8
-            q_smem.store(qv)
-            fence_async_shared()
+            if Q_REGS:  # S = Q K^T takes Q from registers: its wgmma then reads only K from shared memory
+                q_a = gl.convert_layout(qv, q_op_layout)
+            else:
+                q_smem.store(qv)
+                fence_async_shared()
+                q_a = q_smem
             # Tile ranges of the levels: [0, c1) level 1, [c1, c2) level 2, [c2, c3) level 4, [c3, total) level 8;
             # tile t of level rank lvl is clean while t < e[lvl] (whole, unmasked entries only).
-            c1 = _tiles(gl.load(cnt + 0), BLOCK_KV, BLOCK_N)
-            c2 = c1 + _tiles(gl.load(cnt + 1), BLOCK_KV // 2, BLOCK_N)
-            c3 = c2 + _tiles(gl.load(cnt + 2), BLOCK_KV // 4, BLOCK_N)
-            total = c3 + _tiles(gl.load(cnt + 3), BLOCK_KV // 8, BLOCK_N)
-            e1 = (gl.load(cnt + 4) * BLOCK_KV) // BLOCK_N
-            e2 = c1 + (gl.load(cnt + 5) * (BLOCK_KV // 2)) // BLOCK_N
-            e4 = c2 + (gl.load(cnt + 6) * (BLOCK_KV // 4)) // BLOCK_N
-            e8 = c3 + (gl.load(cnt + 7) * (BLOCK_KV // 8)) // BLOCK_N
+            c1 = _tiles(n0, BLOCK_KV, BLOCK_N)
+            c2 = c1 + _tiles(n1, BLOCK_KV // 2, BLOCK_N)
+            c3 = c2 + _tiles(n2, BLOCK_KV // 4, BLOCK_N)
+            total = c3 + _tiles(n3, BLOCK_KV // 8, BLOCK_N)
+            e1 = (k0 * BLOCK_KV) // BLOCK_N
+            e2 = c1 + (k1 * (BLOCK_KV // 2)) // BLOCK_N
+            e4 = c2 + (k2 * (BLOCK_KV // 4)) // BLOCK_N
+            e8 = c3 + (k3 * (BLOCK_KV // 8)) // BLOCK_N
 
             zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
             m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
@@ -248,13 +257,14 @@ if HAVE_GLUON:
                 # Tile 0: S only (there is no previous P to multiply yet).
                 slot0 = base % STAGES
                 mbarrier.wait(k_ready.index(slot0), (base // STAGES) & 1)
-                tok = warpgroup_mma(q_smem, k_bufs.index(slot0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                tok = warpgroup_mma(q_a, k_bufs.index(slot0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
                 s = warpgroup_mma_wait(0, deps=[tok])
                 mbarrier.arrive(k_empty.index(slot0), count=1)
                 lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
                 shift = lvl.to(gl.float32)
                 if _pick(lvl, e1, e2, e4, e8) == 0:
-                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                    s = _masked(s, 0, lvl, _pick(lvl, n0, n1, n2, n3), _pick(lvl, k0, k1, k2, k3), kv_len, inv_scale,
+                                BLOCK_N, BLOCK_KV, s_layout)
                     shift = 0.0
                 m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
                 p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
@@ -263,21 +273,23 @@ if HAVE_GLUON:
                 for t in range(1, total):
                     lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
                     if t >= _pick(lvl, e1, e2, e4, e8):
-                        acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_a, zero_s,
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                                                    _pick(lvl, n0, n1, n2, n3), _pick(lvl, k0, k1, k2, k3), kv_len, qk_scale, inv_scale,
+                                                    True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                     else:
-                        acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_smem, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_a, zero_s,
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, 0, 0, kv_len, qk_scale, inv_scale,
+                                                    False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                 last = base + total - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
                 o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
                 acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
                 mbarrier.arrive(v_empty.index(last % STAGES), count=1)
             base += total
-            # the next item's Q (its loads overlap this epilogue; q_smem is free: every wgmma has completed)
+            # the next item's Q and counts (their loads overlap this epilogue; q_smem is free: every wgmma has completed)
             qv = _load_q(Q, item + step, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
+            n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, item + step, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
 
             # Epilogue: normalise, row_scale / compensation, store; rows that saw nothing give zeros.
             l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
@@ -303,7 +315,7 @@ if HAVE_GLUON:
         sq_b, sq_h, sq_l, so_b, so_h, so_l,
         BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
         STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, Q_REGS: gl.constexpr,
     ):
         """Work items are (128 query rows, batch*head), query tiles fastest; program i takes items i,
         i + grid, ... (a grid of one program per item, or a persistent grid of one per SM)."""
@@ -332,14 +344,14 @@ if HAVE_GLUON:
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE)),
+                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
                        first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                        BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
@@ -356,7 +368,7 @@ def load_rows(block_kv: int, block_n: int, level: int) -> int:
 
 def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv: int = 64, block_n: int = 128,
                  stages: int = 2, level_mask: int = 1, has_scale: bool = False, has_comp: bool = False,
-                 return_lse: bool = False, index_dtype: str = "i16"):
+                 return_lse: bool = False, index_dtype: str = "i16", q_regs: bool = False):
     """Compile the kernel for sm_90 without a GPU; returns triton's CompiledKernel (asm, metadata)."""
     import triton  # noqa: PLC0415
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
@@ -377,7 +389,7 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
     })
     consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,
                   HAS_SCALE=has_scale, HAS_COMP=has_comp, RETURN_LSE=return_lse,
-                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS)
+                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs)
     for name in consts:
         sig[name] = "constexpr"
     src = GluonASTSource(_gluon_fwd, sig, consts)

@@ -107,8 +107,12 @@ STAGES_OK = (2, 3)
 LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
-#: one program per SM looping over work items (True) or one program per item
-PERSISTENT_DEFAULT = False
+#: per tile height when not pinned: one program per SM looping over work items (True) or one program per item
+DEFAULT_PERSISTENT = {64: True, 128: False}
+#: per tile height when not pinned: S = Q K^T with Q in registers (wgmma A operand), so the S wgmma reads only K
+#: from shared memory (with 64-row tiles Q and K together need about the whole shared-memory bandwidth); with
+#: 128-row tiles the consumer would spill (sm_90 compile)
+DEFAULT_Q_REGS = {64: True, 128: False}
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, block_n: int = 128) -> str | None:
@@ -132,20 +136,23 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     return None
 
 
-def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool]:
-    """(block_n, stages, persistent): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default (module docstring)."""
+def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool, bool]:
+    """(block_n, stages, persistent, q_regs): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default
+    (module docstring)."""
     text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128 if dense_like or kv_len >= LONG_KV else 64, "stages": 0, "persistent": int(PERSISTENT_DEFAULT)}
+    fields = {"block_n": 128 if dense_like or kv_len >= LONG_KV else 64, "stages": 0, "persistent": -1, "q_regs": -1}
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in fields or not value.strip().isdigit():
-            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3 or persistent=0|1")
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1 or q_regs=0|1")
         fields[name.strip()] = int(value)
-    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (0, 1):
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128 and persistent 0 or 1, got {fields}")
+    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (-1, 0, 1) or fields["q_regs"] not in (-1, 0, 1):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and q_regs 0 or 1, got {fields}")
     stages = fields["stages"] or DEFAULT_STAGES[fields["block_n"]]
     check_stages(fields["block_n"], stages)
-    return fields["block_n"], stages, bool(fields["persistent"])
+    persistent, q_regs = (bool(default[fields["block_n"]]) if fields[name] < 0 else bool(fields[name])
+                          for name, default in (("persistent", DEFAULT_PERSISTENT), ("q_regs", DEFAULT_Q_REGS)))
+    return fields["block_n"], stages, persistent, q_regs
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -185,20 +192,24 @@ def run_plan_gluon(
     block_n: int | None = None,
     stages: int | None = None,
     persistent: bool | None = None,
+    q_regs: bool | None = None,
 ):
     """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
 
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
-    ``stages`` / ``persistent`` override :func:`config`.
+    ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`.
     """
     from spbench.kernels.pyramid_triton import _check, _dense_like, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
-    cfg_n, cfg_s, cfg_p = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
+    cfg_n, cfg_s, cfg_p, cfg_q = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
     block_n = block_n or cfg_n
     stages = stages or (cfg_s if block_n == cfg_n else DEFAULT_STAGES.get(block_n, 2))
-    persistent = cfg_p if persistent is None else bool(persistent)
+    if persistent is None:
+        persistent = cfg_p if block_n == cfg_n else DEFAULT_PERSISTENT.get(block_n, False)
+    if q_regs is None:
+        q_regs = cfg_q if block_n == cfg_n else DEFAULT_Q_REGS.get(block_n, False)
     check_stages(block_n, stages)
     reason = unsupported(q, k, v, plan, block_n)
     if reason:
@@ -238,11 +249,11 @@ def run_plan_gluon(
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
-        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
+        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs,
         num_warps=4, maxnreg=MAXNREG,
     )
-    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)}", "gluon", kernel="gluon",
-                         BLOCK_N=block_n, num_stages=stages, persistent=persistent,
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)},q_regs={int(q_regs)}", "gluon",
+                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, q_regs=q_regs,
                          levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 

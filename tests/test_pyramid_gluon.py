@@ -59,11 +59,13 @@ def test_compiles_for_sm90():
         dict(dtype="bf16", d=128, block_kv=64, block_n=64, stages=3, level_mask=15),
         dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=2, level_mask=11, has_scale=True, has_comp=True, return_lse=True,
              index_dtype="i32"),
+        dict(dtype="bf16", d=128, block_kv=64, block_n=64, stages=3, level_mask=15, q_regs=True, return_lse=True),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(configs)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert results[-1]["wgmma"] == results[1]["wgmma"], results  # Q in registers: same wgmma count, other operand source
     for cfg, res in zip(configs, results):
         # At most a few spilled scalars (measured: <= 200 bytes with every level, triton 3.6/3.8);
         # tile-sized spills would be kilobytes.
@@ -113,19 +115,24 @@ def test_kernel_switch_cpu(monkeypatch):
     monkeypatch.setenv(pyramid_triton.KERNEL_ENV, "auto")  # auto off sm_90: the Triton kernel
     pyramid_triton.run_plan(q, k, v, plan)
     assert tuning.chosen_config()["kernel"] == "triton"
-    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1")
-    assert pyramid_gluon.config(1000) == (64, 2, True)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1,q_regs=1")
+    assert pyramid_gluon.config(1000) == (64, 2, True, True)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,q_regs=0")
+    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], False)
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64")
-    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.PERSISTENT_DEFAULT)
-    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "stages"):
+    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], pyramid_gluon.DEFAULT_Q_REGS[64])
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,persistent=0")
+    assert pyramid_gluon.config(1000)[2] is False
+    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "q_regs=2", "stages"):
         monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, bad)
         with pytest.raises(SpbenchError):
             pyramid_gluon.config(1000)
     monkeypatch.delenv(pyramid_gluon.CONFIG_ENV)
-    default = pyramid_gluon.PERSISTENT_DEFAULT
-    assert pyramid_gluon.config(1000) == (128, 2, default) and pyramid_gluon.config(110000) == (128, 2, default)
-    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, default)  # sparse plans: 64-row tiles, 3 stages (measured)
-    assert pyramid_gluon.config(110000, dense_like=False) == (128, 2, default)  # long sparse plans: 128-row tiles (measured)
+    p128, q128 = pyramid_gluon.DEFAULT_PERSISTENT[128], pyramid_gluon.DEFAULT_Q_REGS[128]
+    assert pyramid_gluon.config(1000) == (128, 2, p128, q128) and pyramid_gluon.config(110000) == (128, 2, p128, q128)
+    # sparse plans: 64-row tiles, 3 stages, persistent, Q in registers (measured)
+    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], pyramid_gluon.DEFAULT_Q_REGS[64])
+    assert pyramid_gluon.config(110000, dense_like=False) == (128, 2, p128, q128)  # long sparse plans: 128-row tiles (measured)
 
 
 GPU_CASES = [
@@ -148,11 +155,13 @@ GPU_CASES = [
 
 
 @needs_sm90
+@pytest.mark.parametrize("q_regs", [False, True], ids=["q-smem", "q-regs"])
 @pytest.mark.parametrize("programs", [0, 3], ids=["per-item", "persistent3"])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}")
-def test_gluon_matches_reference(case, programs, monkeypatch):
+def test_gluon_matches_reference(case, programs, q_regs, monkeypatch):
     """Against the reference with one program per work item, and with a persistent grid of 3 programs
-    (each loops over many items: the rings and Q prefetch carry over from item to item)."""
+    (each loops over many items: the rings and Q prefetch carry over from item to item); Q for S = Q K^T
+    from shared memory or from registers."""
     from spbench.kernels import pyramid_gluon
     from spbench.kernels.pyramid_gluon import run_plan_gluon
     from spbench.kernels.reference import pyramid_attention_reference
@@ -173,7 +182,7 @@ def test_gluon_matches_reference(case, programs, monkeypatch):
         extras["compensation"] = torch.randn(b, hq, levels.shape[2], d, device="cuda", generator=g)
     plan = Plan.from_levels(levels, lq, lk, bq, bk, False, extras=extras)
     monkeypatch.setattr(pyramid_gluon, "_sm_count", lambda device: programs)
-    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=programs > 0)
+    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=programs > 0, q_regs=q_regs)
     ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, bk, False, row_scale=extras.get("row_scale"),
                                             compensation=extras.get("compensation"), return_lse=True)
     tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
