@@ -132,27 +132,32 @@ if HAVE_GLUON:
         return gl.where(lvl == 0, a0, gl.where(lvl == 1, a1, gl.where(lvl == 2, a2, a3)))
 
     @gluon.jit
-    def _masked(s, tl, lvl, n_l, k_l, kv_len, inv_scale,
+    def _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row,
                 BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, s_layout: gl.constexpr):
         """Raw scores of a tile that needs masks: + log2(group size)/scale per pooled key, -inf past the
-        level's ``n_l`` entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
+        level's entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
 
-        No memory reads: entries before ``k_l`` (the level's clean count) are whole blocks; the one entry
-        that may follow them is the ragged last KV block (non-causal plans; entries ascend within a level).
+        The level's entry count and start are re-read from the count row here
+        (masked tiles are few; keeping them live would cost consumer registers).
         """
+        n0 = gl.load(cnt + 0)
+        n1 = gl.load(cnt + 1)
+        n2 = gl.load(cnt + 2)
+        n_l = _pick(lvl, n0, n1, n2, gl.load(cnt + 3))
+        start_l = _pick(lvl, 0, n0, n0 + n1, n0 + n1 + n2)
         r = BLOCK_KV >> lvl  # rows per entry at this level
         c = tl * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         e = c // r
-        last_blk = (kv_len - 1) // BLOCK_KV
-        first = ((last_blk * r + c % r) << lvl)  # first key of the pooled row, if it is in the ragged block
-        size = gl.where(e < k_l, 1 << lvl, gl.minimum(kv_len - first, 1 << lvl))
+        blk = gl.load(idx_row + start_l + gl.minimum(e, n_l - 1)).to(gl.int32)
+        first = ((blk * r + c % r) << lvl)  # first key position of the pooled row
+        size = gl.minimum(kv_len - first, 1 << lvl)
         ok = (e < n_l) & (size > 0)
         bias = gl.log2(gl.maximum(size, 1).to(gl.float32)) * inv_scale
         return gl.where(gl.expand_dims(ok, 0), s + gl.expand_dims(bias, 0), float("-inf"))
 
     @gluon.jit
     def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-              n_l, k_l, kv_len, qk_scale, inv_scale,
+              cnt, kv_len, qk_scale, inv_scale, idx_row,
               MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
         """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
@@ -172,7 +177,7 @@ if HAVE_GLUON:
             s, acc = warpgroup_mma_wait(0, deps=[s_tok, o_tok])
             mbarrier.arrive(k_empty.index(slot), count=1)
             mbarrier.arrive(v_empty.index(prev), count=1)
-            s = _masked(s, tl, lvl, n_l, k_l, kv_len, inv_scale, BLOCK_N, BLOCK_KV, s_layout)
+            s = _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
             m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
             p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
         else:
@@ -204,8 +209,8 @@ if HAVE_GLUON:
         return gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(ok, 1), other=0.0)
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                  first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
+    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                   sq_b, sq_h, sq_l, so_b, so_h, so_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
                   D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
@@ -232,6 +237,8 @@ if HAVE_GLUON:
         n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, first, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
         for item in range(first, n_items, step):
             b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
+            idx_row = Idx + row * width
+            cnt = Count + row * 8
             if Q_REGS:  # S = Q K^T takes Q from registers: its wgmma then reads only K from shared memory
                 q_a = gl.convert_layout(qv, q_op_layout)
             else:
@@ -263,8 +270,7 @@ if HAVE_GLUON:
                 lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
                 shift = lvl.to(gl.float32)
                 if _pick(lvl, e1, e2, e4, e8) == 0:
-                    s = _masked(s, 0, lvl, _pick(lvl, n0, n1, n2, n3), _pick(lvl, k0, k1, k2, k3), kv_len, inv_scale,
-                                BLOCK_N, BLOCK_KV, s_layout)
+                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
                     shift = 0.0
                 m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
                 p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
@@ -274,13 +280,12 @@ if HAVE_GLUON:
                     lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
                     if t >= _pick(lvl, e1, e2, e4, e8):
                         acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_a, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                                                    _pick(lvl, n0, n1, n2, n3), _pick(lvl, k0, k1, k2, k3), kv_len, qk_scale, inv_scale,
-                                                    True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                     else:
                         acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_a, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, 0, 0, kv_len, qk_scale, inv_scale,
-                                                    False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                 last = base + total - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
                 o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
@@ -344,12 +349,12 @@ if HAVE_GLUON:
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
                          0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, q_len, kv_len, qk_scale,
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
                          1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,

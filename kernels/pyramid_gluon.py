@@ -46,10 +46,15 @@ softmax of a tile serialized with its matmuls. This one is written in Gluon
 
 Work items are (128 query rows, batch*head) pairs; the grid is one program
 per item, or with ``persistent`` one per SM looping over items (the rings
-and a prefetch of the next item's Q carry over). Persistent grids measured
-mixed on H200 (+7% on sparse 32k plans with 128-row tiles, -1..-6% on
-others; results/reference/gluon_exec_h200_v4*.json), so they are off by
-default.
+and a prefetch of the next item's Q and schedule counts carry over). With
+64-row tiles the S = Q K^T wgmma takes Q from registers (``q_regs``): from
+shared memory, Q and K together need about the whole shared-memory bandwidth
+at that tile width. On H200 (32k x 12, pyramid mix 1:0.10,2:0.05,8:0.20,
+kernel time from the profiler; results/reference/gluon-s13/) Q in registers
+took the mix from 2.00 to 1.92 ms and the persistent grid on top to 1.84 ms
+(a one-tile work item: 9.7 -> 7.7 us), so both are the default with 64-row
+tiles. With 128-row tiles Q in registers spills (sm_90 compile) and
+persistent grids measured mixed, so both stay off there.
 
 Launch config: ``BLOCK_N`` 128 for dense-like plans (more than half the
 possible entries active) and 64 for sparse ones (H200, 32k x 12: dense
@@ -57,7 +62,7 @@ possible entries active) and 64 for sparse ones (H200, 32k x 12: dense
 2.15 ms; results/reference/gluon_exec_h200_merged.json) below
 :data:`LONG_KV` keys, 128 from there on; 2 pipeline stages
 with 128-row tiles, 3 with 64-row tiles (see :func:`config`).
-``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1"`` pins any of them.
+``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1,q_regs=1"`` pins any of them.
 3 stages with 128-row tiles (224 KB of shared memory) are refused as
 untested. History: with the first loader (one scalar index load per TMA
 copy) 3 stages gave wrong results / illegal addresses with pooled levels
