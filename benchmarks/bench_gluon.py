@@ -184,14 +184,10 @@ def warm(spec):
 
 
 def warm_specs():
-    specs = []
-    mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)]
-    for bk, mix in mixes:
-        for bn, st, qr in sorted({(var["block_n"], var["stages"], var["q_regs"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st, q_regs=qr))
-    for p in (2, 4, 8):
-        for bn, st, qr in sorted({(var["block_n"], var["stages"], var["q_regs"]) for var in GLUON_VARIANTS}):
-            specs.append(dict(kind="gluon", bk=64, mix={p: 0.4}, bn=bn, stages=st, q_regs=qr))
+    # one compile per (tile height, stages, q_regs): the persistent flag only changes the grid
+    compiled = sorted({(var["block_n"], var["stages"], var["q_regs"]) for var in GLUON_VARIANTS})
+    mixes = [(64, {1: 1.0}), (128, {1: 1.0}), (64, {1: 0.1}), (64, PSA_MIX)] + [(64, {p: 0.4}) for p in (2, 4, 8)]
+    specs = [dict(kind="gluon", bk=bk, mix=mix, bn=bn, stages=st, q_regs=qr) for bk, mix in mixes for bn, st, qr in compiled]
     for name, cfg in TRITON_CFG.items():
         bk = 128 if "bk128" in name else 64
         mixes = {"psa_mix": [PSA_MIX], "level": [{p: 0.4} for p in (1, 2, 4, 8)]}

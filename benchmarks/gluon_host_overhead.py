@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_executor import bench, make_plan, qkv  # noqa: E402
 from spbench.kernels.pool import build_pyramid  # noqa: E402
 from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: E402
+from spbench.timing import flush_l2  # noqa: E402
 
 CASES = {
     "sparse10": {1: 0.1},
@@ -58,10 +59,9 @@ def host_ms_per_call(fn, calls: int = 20) -> float:
 
 def kernel_ms(fn, calls: int = 5) -> float:
     """Median device time of the Gluon kernel per call (torch.profiler, L2 flushed first), without launch gaps."""
-    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
     times = []
     for _ in range(calls):
-        flush.zero_()
+        flush_l2(torch.device("cuda"))
         torch.cuda.synchronize()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             fn()

@@ -153,11 +153,18 @@ def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool, bool]:
         fields[name.strip()] = int(value)
     if fields["block_n"] not in (64, 128) or fields["persistent"] not in (-1, 0, 1) or fields["q_regs"] not in (-1, 0, 1):
         raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and q_regs 0 or 1, got {fields}")
-    stages = fields["stages"] or DEFAULT_STAGES[fields["block_n"]]
-    check_stages(fields["block_n"], stages)
-    persistent, q_regs = (bool(default[fields["block_n"]]) if fields[name] < 0 else bool(fields[name])
-                          for name, default in (("persistent", DEFAULT_PERSISTENT), ("q_regs", DEFAULT_Q_REGS)))
-    return fields["block_n"], stages, persistent, q_regs
+    block_n = fields["block_n"]
+    stages, persistent, q_regs = tile_defaults(block_n)
+    stages = fields["stages"] or stages
+    check_stages(block_n, stages)
+    persistent = persistent if fields["persistent"] < 0 else bool(fields["persistent"])
+    q_regs = q_regs if fields["q_regs"] < 0 else bool(fields["q_regs"])
+    return block_n, stages, persistent, q_regs
+
+
+def tile_defaults(block_n: int) -> tuple[int, bool, bool]:
+    """(stages, persistent, q_regs) measured best for ``block_n``-row tiles (2 stages, off, off for other heights)."""
+    return DEFAULT_STAGES.get(block_n, 2), DEFAULT_PERSISTENT.get(block_n, False), DEFAULT_Q_REGS.get(block_n, False)
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -209,12 +216,12 @@ def run_plan_gluon(
     _check(q, k, v, plan)
     check_out(q, out)
     cfg_n, cfg_s, cfg_p, cfg_q = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
-    block_n = block_n or cfg_n
-    stages = stages or (cfg_s if block_n == cfg_n else DEFAULT_STAGES.get(block_n, 2))
-    if persistent is None:
-        persistent = cfg_p if block_n == cfg_n else DEFAULT_PERSISTENT.get(block_n, False)
-    if q_regs is None:
-        q_regs = cfg_q if block_n == cfg_n else DEFAULT_Q_REGS.get(block_n, False)
+    if block_n and block_n != cfg_n:  # another tile height than configured: that height's defaults
+        cfg_n, (cfg_s, cfg_p, cfg_q) = block_n, tile_defaults(block_n)
+    block_n = cfg_n
+    stages = stages or cfg_s
+    persistent = cfg_p if persistent is None else bool(persistent)
+    q_regs = cfg_q if q_regs is None else bool(q_regs)
     check_stages(block_n, stages)
     reason = unsupported(q, k, v, plan, block_n)
     if reason:
