@@ -147,6 +147,20 @@ def _lse_epilogue(s, lse_ptrs, row_ok, m_i, l_i,
 
 
 @triton.jit
+def _finish_tile(acc, t, pid_m, row_scale, k_scale_base, src, rows32, n_cols, k_rows, lse_ptrs, row_ok, m_i, l_i,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KPT: tl.constexpr, CPB: tl.constexpr, G: tl.constexpr,
+                 FP8: tl.constexpr, CAUSAL: tl.constexpr):
+    """Tile t's accumulated dot products -> its scratch block LSEs and the running row LSE. Masks only on
+    edge tiles: the ragged last tile, and under causal a tile reaching past the program's first row."""
+    c0 = t * BLOCK_N
+    edge = c0 + BLOCK_N > n_cols
+    if CAUSAL:
+        edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
+    s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
+    return _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
+
+
+@triton.jit
 def _tile_lse(
     Q, K, QD, KD, LSE, ROW_LSE, QSC, KSC,
     sqb, sqh, sql, sqd,
@@ -215,12 +229,8 @@ def _tile_lse(
                 kt = kt.to(tl.float32)
             acc = tl.dot(qt, tl.trans(kt), acc)
             if i == STRIDE - 1:
-                c0 = t * BLOCK_N
-                edge = c0 + BLOCK_N > n_cols
-                if CAUSAL:
-                    edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
-                s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
-                m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
+                m_i, l_i = _finish_tile(acc, t, pid_m, row_scale, k_scale_base, src, rows32, n_cols, k_rows, lse_ptrs, row_ok,
+                                        m_i, l_i, BLOCK_M, BLOCK_N, KPT, CPB, G, FP8, CAUSAL)
                 acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     else:
         for t in range(0, n_tiles):
@@ -234,12 +244,8 @@ def _tile_lse(
                     qt = qt.to(tl.float32)
                     kt = kt.to(tl.float32)
                 acc += tl.dot(qt, tl.trans(kt))
-            c0 = t * BLOCK_N
-            edge = c0 + BLOCK_N > n_cols
-            if CAUSAL:
-                edge = edge | (c0 + BLOCK_N - 1 > pid_m * BLOCK_M)
-            s = _tile_logits(acc, row_scale, k_scale_base + c0, src, rows32, c0, edge, n_cols, k_rows, BLOCK_N, FP8, CAUSAL)
-            m_i, l_i = _lse_epilogue(s, lse_ptrs + t * KPT, row_ok, m_i, l_i, BLOCK_M, KPT, CPB, G)
+            m_i, l_i = _finish_tile(acc, t, pid_m, row_scale, k_scale_base, src, rows32, n_cols, k_rows, lse_ptrs, row_ok,
+                                    m_i, l_i, BLOCK_M, BLOCK_N, KPT, CPB, G, FP8, CAUSAL)
     row_lse = tl.where(m_i == float("-inf"), float("-inf"), m_i + tl.log2(tl.maximum(l_i, 1e-30)))
     tl.store(ROW_LSE + pid_bh.to(tl.int64) * n_rows + rows, row_lse, mask=rows < n_rows)
 
