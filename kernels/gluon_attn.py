@@ -97,6 +97,26 @@ if HAVE_GLUON:
         return (n * R + BLOCK_N - 1) // BLOCK_N
 
     @gluon.jit
+    def _tails(n0, n1, n2, n3, k0, k1, k2, k3, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr):
+        """One int32, a byte per level rank: the valid columns of the level's last tile, or 255 when the
+        level holds the ragged last KV block. A masked tile of a level without it is that level's partly
+        filled last tile: it needs only its unfilled tail cut (:func:`_cut_tail`), not :func:`_masked`."""
+        return (_tail(n0, k0, BLOCK_KV, BLOCK_N) | (_tail(n1, k1, BLOCK_KV // 2, BLOCK_N) << 8)
+                | (_tail(n2, k2, BLOCK_KV // 4, BLOCK_N) << 16) | (_tail(n3, k3, BLOCK_KV // 8, BLOCK_N) << 24))
+
+    @gluon.jit
+    def _tail(n, k, R: gl.constexpr, BLOCK_N: gl.constexpr):
+        return gl.where(k < n, 255, n * R - (_tiles(n, R, BLOCK_N) - 1) * BLOCK_N)
+
+    @gluon.jit
+    def _cut_tail(s, valid, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+        """-inf past the tile's first ``valid`` columns (a no-op branch for whole tiles)."""
+        if valid < BLOCK_N:
+            cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            s = gl.where(gl.expand_dims(cols < valid, 0), s, float("-inf"))
+        return s
+
+    @gluon.jit
     def _loader(x1, x2, x4, x8, bufs, ready, empty, Idx, Count,
                 first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                 BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
@@ -134,11 +154,13 @@ if HAVE_GLUON:
     @gluon.jit
     def _masked(s, tl, lvl, cnt, kv_len, inv_scale, idx_row,
                 BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, s_layout: gl.constexpr):
-        """Raw scores of a tile that needs masks: + log2(group size)/scale per pooled key, -inf past the
-        level's entries (a tile's unfilled tail) or past the sequence end. Level 1 has size 1: no bias.
+        """Raw scores of a tile of a level holding the ragged last KV block: + log2(group size)/scale per
+        pooled key, -inf past the level's entries (a tile's unfilled tail) or past the sequence end. Level 1
+        has size 1: no bias. (Other masked tiles only need their tail cut: :func:`_cut_tail`.)
 
         The level's entry count and start are re-read from the count row here
-        (masked tiles are few; keeping them live would cost consumer registers).
+        (such tiles are a few per work item at most; keeping the counts live
+        would cost consumer registers).
         """
         n0 = gl.load(cnt + 0)
         n1 = gl.load(cnt + 1)
@@ -156,16 +178,18 @@ if HAVE_GLUON:
         return gl.where(gl.expand_dims(ok, 0), s + gl.expand_dims(bias, 0), float("-inf"))
 
     @gluon.jit
-    def _step(t, lvl, tl, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+    def _step(t, lvl, tl, valid, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
               cnt, kv_len, qk_scale, inv_scale, idx_row,
               MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
         """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
 
-        Clean tiles run the softmax of S_t while the PV wgmma is in flight.
-        Masked tiles (few) first let the PV wgmma finish: its register
-        operand P_{t-1} is then dead, which leaves room for the per-column
-        mask/bias vectors without spilling.
+        Clean tiles run the softmax of S_t while the PV wgmma is in flight;
+        so do the partly filled last tiles of levels without a ragged entry
+        (``valid`` < BLOCK_N: columns past it cut). MASKED tiles (the ragged
+        last KV block's) first let the PV wgmma finish: its register operand
+        P_{t-1} is then dead, which leaves room for the per-column mask/bias
+        vectors of :func:`_masked` without spilling.
         """
         slot = t % STAGES
         prev = (t - 1) % STAGES
@@ -183,6 +207,7 @@ if HAVE_GLUON:
         else:
             s = warpgroup_mma_wait(1, deps=[s_tok])  # S done; PV may still run
             mbarrier.arrive(k_empty.index(slot), count=1)
+            s = _cut_tail(s, valid, BLOCK_N, s_layout)
             shift = lvl.to(gl.float32)  # + log2(p) of a clean pooled tile, folded into max and shift
             m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
             p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_new, 1))
@@ -220,8 +245,9 @@ if HAVE_GLUON:
         Tiles are numbered across levels (the loader's order); tile t of an
         item is of level rank lvl, local tile tl, and ring position
         ``base + t`` (the ring runs on across items). Clean tiles add
-        log2(p) = lvl to the row max and the shift (no per-element cost); the
-        others go through :func:`_masked`. The next item's Q rows are loaded
+        log2(p) = lvl to the row max and the shift (no per-element cost); so
+        do a level's partly filled last tiles after their tail cut; the
+        ragged last KV block's tiles go through :func:`_masked`. The next item's Q rows are loaded
         into registers before this item's epilogue, so their latency overlaps
         the output store, and so are its schedule counts.
         """
@@ -255,6 +281,7 @@ if HAVE_GLUON:
             e2 = c1 + (k1 * (BLOCK_KV // 2)) // BLOCK_N
             e4 = c2 + (k2 * (BLOCK_KV // 4)) // BLOCK_N
             e8 = c3 + (k3 * (BLOCK_KV // 8)) // BLOCK_N
+            tails = _tails(n0, n1, n2, n3, k0, k1, k2, k3, BLOCK_KV, BLOCK_N)
 
             zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
             m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
@@ -270,20 +297,26 @@ if HAVE_GLUON:
                 lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
                 shift = lvl.to(gl.float32)
                 if _pick(lvl, e1, e2, e4, e8) == 0:
-                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
-                    shift = 0.0
+                    valid = (tails >> (lvl * 8)) & 0xFF
+                    if valid == 255:
+                        s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                        shift = 0.0
+                    else:
+                        s = _cut_tail(s, valid, BLOCK_N, s_layout)
                 m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
                 p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
                 l_i = gl.sum(p, 1)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for t in range(1, total):
                     lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
-                    if t >= _pick(lvl, e1, e2, e4, e8):
-                        acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), acc, p_op, m_i, l_i, q_a, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                    # whole tiles: all columns valid; a level's partly filled last tile: its byte of tails
+                    valid = gl.where(t >= _pick(lvl, e1, e2, e4, e8), (tails >> (lvl * 8)) & 0xFF, BLOCK_N)
+                    if valid == 255:
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), valid, acc, p_op, m_i, l_i, q_a,
+                                                    zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale,
+                                                    inv_scale, idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                     else:
-                        acc, p_op, m_i, l_i = _step(base + t, lvl, 0, acc, p_op, m_i, l_i, q_a, zero_s,
+                        acc, p_op, m_i, l_i = _step(base + t, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
                                                     k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
                                                     idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                 last = base + total - 1

@@ -37,10 +37,18 @@ softmax of a tile serialized with its matmuls. This one is written in Gluon
 * exp2 softmax with the log2(e) scale folded in, fp32 accumulators. Clean
   tiles (only whole, unmasked entries) add log2(p) to the row max and the
   shift, at no per-element cost; the rest (the ragged last block, a tile's
-  unfilled tail, a ragged pooled group with bias log2(size)) are masked
-  after the PV wgmma of the step finished (frees registers). An unfilled
-  tail reloads the level's last entry and masks it, so no stale shared
-  memory is ever multiplied (0 * NaN would poison the row);
+  unfilled tail, a ragged pooled group with bias log2(size)) are masked.
+  A level's partly filled last tile only has its unfilled tail cut (a
+  compare per column inside the clean step; the per-level valid widths are
+  one packed register per work item); only tiles of the ragged last KV
+  block take the general masks, after the PV wgmma of the step finished
+  (frees registers). An unfilled tail reloads the level's last entry and
+  masks it, so no stale shared memory is ever multiplied (0 * NaN would
+  poison the row). Why the split: a clock64 trace (H200, session 14) put
+  the general masked step at ~4k extra cycles with 64-row tiles and ~17k
+  with 128-row tiles, where a whole tile costs ~1.6k / ~2.8k; the tail cut
+  took the pyramid mix at 32k x 12 in 128-row tiles from 2.35 to 1.89 ms
+  (results/reference/gluon-s14/);
 * empty rows return zeros (lse -inf); epilogue ``row_scale * O +
   compensation`` and the natural-log LSE as in the Triton kernel.
 
@@ -53,15 +61,20 @@ at that tile width. On H200 (32k x 12, pyramid mix 1:0.10,2:0.05,8:0.20,
 kernel time from the profiler; results/reference/gluon-s13/) Q in registers
 took the mix from 2.00 to 1.92 ms and the persistent grid on top to 1.84 ms
 (a one-tile work item: 9.7 -> 7.7 us), so both are the default with 64-row
-tiles. With 128-row tiles Q in registers spills (sm_90 compile) and
-persistent grids measured mixed, so both stay off there.
+tiles. With 128-row tiles Q in registers spills (sm_90 compile), so it
+stays off there.
 
-Launch config: ``BLOCK_N`` 128 for dense-like plans (more than half the
-possible entries active) and 64 for sparse ones (H200, 32k x 12: dense
-10.97 vs 12.39 ms, binary 0.10 1.46 vs 1.34 ms, the pyramid mix 2.48 vs
-2.15 ms; results/reference/gluon_exec_h200_merged.json) below
-:data:`LONG_KV` keys, 128 from there on; 2 pipeline stages
-with 128-row tiles, 3 with 64-row tiles (see :func:`config`).
+Launch config (see :func:`config`): ``BLOCK_N`` 128 for every plan, 2
+pipeline stages, a persistent grid below :data:`LONG_KV` keys. Until
+session 14 sparse plans below 64k keys took 64-row tiles (3 stages, Q in
+registers, persistent): the general masked step made 128-row tiles lose
+on them. With the tail cut, in same-process A/Bs on H200 (32k x 12,
+results/reference/gluon-s14/) 128-row tiles with a persistent grid ran
+the pyramid mix at 32000 keys in 1.78 vs 1.79-1.93 ms, binary 0.10 at
+32768 in 1.18 vs 1.27 ms and 40% level 1 in 4.2 vs 4.4 ms (trace); only
+near-empty plans (1% of the blocks: 1-3 tiles per work item) stay 10-20%
+faster in 64-row tiles (0.13-0.22 ms calls). ``spbench kernel`` on the mix:
+run 1.745-1.754 ms with 128-row tiles vs 1.88 ms with 64-row ones.
 ``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1,q_regs=1"`` pins any of them.
 3 stages with 128-row tiles (224 KB of shared memory) are refused as
 untested. History: with the first loader (one scalar index load per TMA
@@ -102,18 +115,20 @@ if HAVE_GLUON:
 
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
+CONFIG_FIELDS = ("block_n", "stages", "persistent", "q_regs")
 #: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
 AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
 STAGES_OK = (2, 3)
-#: from this key length on, sparse plans also take 128-row tiles: binary 0.10 at 110k x 40 ran 4-8% faster
-#: with them than with 64-row tiles in each of three H200 calls, at 32k x 12 11-19% slower (between the two
-#: lengths the threshold is a guess; results/reference/gluon-2026-12-02/)
+#: tile height when not pinned (module docstring)
+DEFAULT_BLOCK_N = 128
+#: from this key length on, 128-row tiles run one program per work item, below it a persistent grid (one program
+#: per SM looping over items): at 32k x 12 persistent was 0.6-1.1% faster dense and faster on every sparse plan,
+#: at 110k x 40 slower: pyramid mix 2.7%, dense 1.0%, binary 0.10 0.8% (H200, results/reference/gluon-s13/,
+#: gluon-s14/; between the two lengths the threshold is a guess)
 LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
-#: per tile height when not pinned: one program per SM looping over work items (True) or one program per item
-DEFAULT_PERSISTENT = {64: True, 128: False}
 #: per tile height when not pinned: S = Q K^T with Q in registers (wgmma A operand), so the S wgmma reads only K
 #: from shared memory (with 64-row tiles Q and K together need about the whole shared-memory bandwidth); with
 #: 128-row tiles the consumer would spill (sm_90 compile)
@@ -141,30 +156,36 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Plan, b
     return None
 
 
-def config(kv_len: int, dense_like: bool = True) -> tuple[int, int, bool, bool]:
+def parse_config(text: str) -> dict[str, int]:
+    """The fields a ``SPBENCH_GLUON_CONFIG``-style string pins: ``"block_n=64,stages=3"`` -> {"block_n": 64, "stages": 3}."""
+    fields: dict[str, int] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or name not in CONFIG_FIELDS or not value.isdigit():
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1 or q_regs=0|1")
+        fields[name] = int(value)
+    if fields.get("block_n", 64) not in (64, 128) or fields.get("persistent", 0) not in (0, 1) or fields.get("q_regs", 0) not in (0, 1):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and q_regs 0 or 1, got {fields}")
+    return fields
+
+
+def config(kv_len: int) -> tuple[int, int, bool, bool]:
     """(block_n, stages, persistent, q_regs): pinned through ``SPBENCH_GLUON_CONFIG``, else the measured default
     (module docstring)."""
-    text = os.environ.get(CONFIG_ENV, "").strip()
-    fields = {"block_n": 128 if dense_like or kv_len >= LONG_KV else 64, "stages": 0, "persistent": -1, "q_regs": -1}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in fields or not value.strip().isdigit():
-            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1 or q_regs=0|1")
-        fields[name.strip()] = int(value)
-    if fields["block_n"] not in (64, 128) or fields["persistent"] not in (-1, 0, 1) or fields["q_regs"] not in (-1, 0, 1):
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and q_regs 0 or 1, got {fields}")
-    block_n = fields["block_n"]
-    stages, persistent, q_regs = tile_defaults(block_n)
-    stages = fields["stages"] or stages
+    fields = parse_config(os.environ.get(CONFIG_ENV, ""))
+    block_n = fields.get("block_n", DEFAULT_BLOCK_N)
+    stages, persistent, q_regs = tile_defaults(block_n, kv_len)
+    stages = fields.get("stages", stages)
     check_stages(block_n, stages)
-    persistent = persistent if fields["persistent"] < 0 else bool(fields["persistent"])
-    q_regs = q_regs if fields["q_regs"] < 0 else bool(fields["q_regs"])
-    return block_n, stages, persistent, q_regs
+    return block_n, stages, bool(fields.get("persistent", persistent)), bool(fields.get("q_regs", q_regs))
 
 
-def tile_defaults(block_n: int) -> tuple[int, bool, bool]:
-    """(stages, persistent, q_regs) measured best for ``block_n``-row tiles (2 stages, off, off for other heights)."""
-    return DEFAULT_STAGES.get(block_n, 2), DEFAULT_PERSISTENT.get(block_n, False), DEFAULT_Q_REGS.get(block_n, False)
+def tile_defaults(block_n: int, kv_len: int) -> tuple[int, bool, bool]:
+    """(stages, persistent, q_regs) measured best for ``block_n``-row tiles and ``kv_len`` keys (module docstring):
+    64-row tiles 3 stages, persistent, Q in registers; 128-row tiles 2 stages, persistent below LONG_KV keys."""
+    if block_n == 64:
+        return DEFAULT_STAGES[64], True, DEFAULT_Q_REGS[64]
+    return DEFAULT_STAGES.get(block_n, 2), kv_len < LONG_KV, DEFAULT_Q_REGS.get(block_n, False)
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -211,13 +232,13 @@ def run_plan_gluon(
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
     ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`.
     """
-    from spbench.kernels.pyramid_triton import _check, _dense_like, _extra, _store_ok, pyramid_for  # noqa: PLC0415
+    from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
     _check(q, k, v, plan)
     check_out(q, out)
-    cfg_n, cfg_s, cfg_p, cfg_q = config(k.shape[2], _dense_like(plan, schedule_for(plan)))
+    cfg_n, cfg_s, cfg_p, cfg_q = config(k.shape[2])
     if block_n and block_n != cfg_n:  # another tile height than configured: that height's defaults
-        cfg_n, (cfg_s, cfg_p, cfg_q) = block_n, tile_defaults(block_n)
+        cfg_n, (cfg_s, cfg_p, cfg_q) = block_n, tile_defaults(block_n, k.shape[2])
     block_n = cfg_n
     stages = stages or cfg_s
     persistent = cfg_p if persistent is None else bool(persistent)
@@ -270,4 +291,4 @@ def run_plan_gluon(
     return (out, lse) if return_lse else out
 
 
-__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "descriptor"]
+__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "parse_config", "descriptor"]

@@ -118,21 +118,26 @@ def test_kernel_switch_cpu(monkeypatch):
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,stages=2,persistent=1,q_regs=1")
     assert pyramid_gluon.config(1000) == (64, 2, True, True)
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,q_regs=0")
-    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], False)
+    assert pyramid_gluon.config(1000) == (64, 3, True, False)
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64")
-    assert pyramid_gluon.config(1000) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], pyramid_gluon.DEFAULT_Q_REGS[64])
+    assert pyramid_gluon.config(1000) == (64, 3, True, pyramid_gluon.DEFAULT_Q_REGS[64])
     monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "block_n=64,persistent=0")
     assert pyramid_gluon.config(1000)[2] is False
-    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "q_regs=2", "stages"):
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "persistent=0")
+    assert pyramid_gluon.config(1000) == (128, 2, False, pyramid_gluon.DEFAULT_Q_REGS[128])
+    for bad in ("block_n=96", "stages=4", "stages=3", "block_n=128,stages=3", "warps=4", "persistent=2", "q_regs=2", "stages",
+                "stages=0", "block_n=x"):
         monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, bad)
         with pytest.raises(SpbenchError):
             pyramid_gluon.config(1000)
+    assert pyramid_gluon.parse_config(" block_n = 64 , q_regs=1") == {"block_n": 64, "q_regs": 1}
     monkeypatch.delenv(pyramid_gluon.CONFIG_ENV)
-    p128, q128 = pyramid_gluon.DEFAULT_PERSISTENT[128], pyramid_gluon.DEFAULT_Q_REGS[128]
-    assert pyramid_gluon.config(1000) == (128, 2, p128, q128) and pyramid_gluon.config(110000) == (128, 2, p128, q128)
-    # sparse plans: 64-row tiles, 3 stages, persistent, Q in registers (measured)
-    assert pyramid_gluon.config(1000, dense_like=False) == (64, 3, pyramid_gluon.DEFAULT_PERSISTENT[64], pyramid_gluon.DEFAULT_Q_REGS[64])
-    assert pyramid_gluon.config(110000, dense_like=False) == (128, 2, p128, q128)  # long sparse plans: 128-row tiles (measured)
+    # not pinned: 128-row tiles, 2 stages, Q from shared memory; a persistent grid below LONG_KV keys (measured)
+    q128 = pyramid_gluon.DEFAULT_Q_REGS[128]
+    assert pyramid_gluon.config(1000) == (128, 2, True, q128)
+    assert pyramid_gluon.config(pyramid_gluon.LONG_KV - 1) == (128, 2, True, q128)
+    assert pyramid_gluon.config(pyramid_gluon.LONG_KV) == (128, 2, False, q128)
+    assert pyramid_gluon.config(110000) == (128, 2, False, q128)
 
 
 GPU_CASES = [
@@ -151,6 +156,9 @@ GPU_CASES = [
     ("bfloat16", 128, 3, 3, 300, 2049, 128, 64, 64, 3, {"pooled": True}),
     ("float16", 64, 4, 2, 257, 1517, 128, 128, 64, 3, {"pooled": True, "empty": True}),
     ("bfloat16", 128, 2, 1, 256, 700, 256, 64, 64, 3, {"pooled": True, "epilogue": True}),
+    # key lengths without a ragged last block: every masked tile is a level's partly filled last tile (tail cut only)
+    ("bfloat16", 128, 2, 2, 300, 1024, 128, 64, 128, 2, {"pooled": True}),
+    ("bfloat16", 128, 2, 2, 300, 1024, 128, 64, 64, 3, {"pooled": True}),
 ]
 
 
