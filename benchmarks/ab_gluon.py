@@ -1,15 +1,19 @@
-"""Same-process A/B of the Gluon executor kernel: an older revision's kernel against this checkout's.
+"""Same-process A/B of the Gluon executor: an older revision's kernel and/or launch configs against this checkout's.
 
     git show REV:kernels/gluon_attn.py > benchmarks/baselines/gluon_attn_REV.py
     python benchmarks/ab_gluon.py --before benchmarks/baselines/gluon_attn_REV.py [--cases mix32,dense110] [--rounds 3]
+    python benchmarks/ab_gluon.py --before ... --configs "t128=block_n=128,persistent=1" --cases mix32,level1_40
 
-The older kernel is launched through this checkout's host code (run_plan_gluon with
-its kernel swapped in; a ``Q_REGS`` argument it does not know is dropped), so only
-the kernel differs. Each call is timed as a CUDA-graph replay (no host work; CUDA
-events, L2 flushed, median), the two alternating for ``--rounds`` rounds so machine
-drift hits both alike; outputs are compared too. bf16, d=128, batch 1, non-causal.
-Cases: the "before" side runs the old defaults (no persistent grid, Q from shared
-memory); "after" runs this checkout's defaults. JSON to --out.
+Sides: one per launch config (``--configs``: ``label=SPBENCH_GLUON_CONFIG-style string``,
+those fields pinned, the rest default; "default" is always there), each run with this
+checkout's kernel and, with ``--before``, also with the older kernel ("label@before"),
+launched through this checkout's host code (run_plan_gluon with its kernel swapped in),
+so only the kernel differs. ``--legacy`` is for kernels older than the persistent grid
+and Q-in-registers options (the ``Q_REGS`` argument is dropped and the before side runs
+without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
+events, L2 flushed, median), the sides alternating for ``--rounds`` rounds so machine
+drift hits all alike; outputs are compared with the first side. bf16, d=128, batch 1,
+non-causal. JSON to --out.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from spbench.kernels.pool import build_pyramid  # noqa: E402
 
 CASES = {  # name: (L, heads, block_kv, level mix)
     "mix32": (32768, 12, 64, {1: 0.1, 2: 0.05, 8: 0.2}),
+    "mix32k": (32000, 12, 64, {1: 0.1, 2: 0.05, 8: 0.2}),  # the shape of `spbench kernel --seq 32k`
     "sparse32": (32768, 12, 64, {1: 0.1}),
+    "level1_40": (32768, 12, 64, {1: 0.4}),
+    "level2_40": (32768, 12, 64, {2: 0.4}),
+    "level8_40": (32768, 12, 64, {8: 0.4}),
+    "level1_1": (32768, 12, 64, {1: 0.01}),
+    "level8_1": (32768, 12, 64, {8: 0.01}),
+    "dense32": (32768, 12, 64, {1: 1.0}),
+    "mix110": (110000, 40, 64, {1: 0.1, 2: 0.05, 8: 0.2}),
     "dense110": (110000, 40, 64, {1: 1.0}),
     "sparse110": (110000, 40, 64, {1: 0.1}),
 }
@@ -46,27 +58,32 @@ def load_kernel(path: str):
 class _Swapped:
     """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, legacy=False):
         self.kernel = kernel
+        self.legacy = legacy
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            kwargs.pop("Q_REGS", None)
+            if self.legacy:
+                kwargs.pop("Q_REGS", None)
             return self.kernel[grid](*args, **kwargs)
 
         return launch
 
 
-def caller(q, k, v, plan, pyr, before_kernel=None):
+def caller(q, k, v, plan, pyr, before_kernel=None, overrides=None, legacy=False):
+    overrides = dict(overrides or {})
     if before_kernel is None:
-        return lambda: pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr)
-    swapped = _Swapped(before_kernel)
+        return lambda: pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, **overrides)
+    swapped = _Swapped(before_kernel, legacy)
+    if legacy:
+        overrides.update(persistent=False, q_regs=False)
 
     def run():
         saved = pyramid_gluon._gluon_fwd
         pyramid_gluon._gluon_fwd = swapped
         try:
-            return pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, persistent=False, q_regs=False)
+            return pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, **overrides)
         finally:
             pyramid_gluon._gluon_fwd = saved
 
@@ -75,23 +92,37 @@ def caller(q, k, v, plan, pyr, before_kernel=None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", required=True, help="an older kernels/gluon_attn.py (made with git show)")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--before", help="an older kernels/gluon_attn.py (made with git show)")
+    ap.add_argument("--configs", default="", help="';'-separated label=config sides, e.g. 't128=block_n=128,persistent=1'")
+    ap.add_argument("--legacy", action="store_true", help="--before predates the persistent / q_regs options")
+    ap.add_argument("--cases", default="mix32,sparse32,dense110,sparse110")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab_gluon.json"))
     args = ap.parse_args()
     names = [c for c in args.cases.split(",") if c]
     unknown = sorted(set(names) - set(CASES))
-    if unknown or not os.path.isfile(args.before):
-        sys.exit(f"unknown case(s) {unknown}" if unknown else f"no such file: {args.before}")
-    before = load_kernel(args.before)
+    if unknown:
+        sys.exit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    if args.before and not os.path.isfile(args.before):
+        sys.exit(f"no such file: {args.before}")
+    configs = {"default": {}}
+    for side in filter(None, (x.strip() for x in args.configs.split(";"))):
+        label, sep, text = side.partition("=")
+        if not sep:
+            sys.exit(f"--configs side {side!r}: expected label=config")
+        configs[label.strip()] = pyramid_gluon.parse_config(text)
+    before = load_kernel(args.before) if args.before else None
     records = []
     for name in names:
         L, H, bk, mix = CASES[name]
         q, k, v = qkv(1, H, H, L, L, 128, torch.bfloat16)
         pyr = build_pyramid(k, v) if any(p > 1 for p in mix) else None
         plan = make_plan(1, H, L, L, 128, bk, mix)
-        calls = {"before": caller(q, k, v, plan, pyr, before), "after": caller(q, k, v, plan, pyr)}
+        calls = {}
+        for label, ov in configs.items():
+            calls[label] = caller(q, k, v, plan, pyr, overrides=ov)
+            if before:
+                calls[f"{label}@before"] = caller(q, k, v, plan, pyr, before, ov, args.legacy)
         outs = {side: fn() for side, fn in calls.items()}
         graphs = {side: graph_of(fn) for side, fn in calls.items()}
         reps = 3 if L > 65536 else 15
@@ -99,10 +130,13 @@ def main() -> None:
         for _ in range(args.rounds):
             for side, g in graphs.items():
                 times[side].append(bench(g.replay, reps)[0])
+        first = next(iter(calls))
         rec = dict(case=name, L=L, heads=H, block_kv=bk, mix={str(p): f for p, f in mix.items()},
-                   max_diff=(outs["before"].float() - outs["after"].float()).abs().max().item(),
-                   before_ms=times["before"], after_ms=times["after"],
-                   after_vs_before=min(times["before"]) / min(times["after"]))
+                   max_diff={side: (outs[first].float() - o.float()).abs().max().item() for side, o in outs.items()},
+                   ms=times, best_ms={side: min(t) for side, t in times.items()},
+                   vs_first={side: min(times[first]) / min(t) for side, t in times.items()})
+        if before:
+            rec["after_vs_before"] = {label: min(times[f"{label}@before"]) / min(times[label]) for label in configs}
         print(json.dumps(rec), flush=True)
         records.append(rec)
         del q, k, v, pyr, plan, graphs, outs
