@@ -109,6 +109,12 @@ if HAVE_GLUON:
         return gl.where(k < n, 255, n * R - (_tiles(n, R, BLOCK_N) - 1) * BLOCK_N)
 
     @gluon.jit
+    def _valid_cols(t, lvl, e1, e2, e4, e8, tails, BLOCK_N: gl.constexpr):
+        """Valid columns of item tile t (level rank lvl): all for a clean tile, else its level's byte of
+        :func:`_tails` (255: a tile of the ragged last KV block, for :func:`_masked`)."""
+        return gl.where(t >= _pick(lvl, e1, e2, e4, e8), (tails >> (lvl * 8)) & 0xFF, BLOCK_N)
+
+    @gluon.jit
     def _cut_tail(s, valid, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
         """-inf past the tile's first ``valid`` columns; whole tiles (valid == BLOCK_N) keep theirs. ptxas
         predicates it, so every clean tile pays the select (~60 instructions per tile at 64 rows)."""
@@ -297,21 +303,19 @@ if HAVE_GLUON:
                 mbarrier.arrive(k_empty.index(slot0), count=1)
                 lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
                 shift = lvl.to(gl.float32)
-                if _pick(lvl, e1, e2, e4, e8) == 0:
-                    valid = (tails >> (lvl * 8)) & 0xFF
-                    if valid == 255:
-                        s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
-                        shift = 0.0
-                    else:
-                        s = _cut_tail(s, valid, BLOCK_N, s_layout)
+                valid = _valid_cols(0, lvl, e1, e2, e4, e8, tails, BLOCK_N)
+                if valid == 255:
+                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                    shift = 0.0
+                else:
+                    s = _cut_tail(s, valid, BLOCK_N, s_layout)
                 m_i = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
                 p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
                 l_i = gl.sum(p, 1)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for t in range(1, total):
                     lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
-                    # whole tiles: all columns valid; a level's partly filled last tile: its byte of tails
-                    valid = gl.where(t >= _pick(lvl, e1, e2, e4, e8), (tails >> (lvl * 8)) & 0xFF, BLOCK_N)
+                    valid = _valid_cols(t, lvl, e1, e2, e4, e8, tails, BLOCK_N)
                     if valid == 255:
                         acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), valid, acc, p_op, m_i, l_i, q_a,
                                                     zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale,

@@ -183,9 +183,7 @@ def config(kv_len: int) -> tuple[int, int, bool, bool]:
 def tile_defaults(block_n: int, kv_len: int) -> tuple[int, bool, bool]:
     """(stages, persistent, q_regs) measured best for ``block_n``-row tiles and ``kv_len`` keys (module docstring):
     64-row tiles 3 stages, persistent, Q in registers; 128-row tiles 2 stages, persistent below LONG_KV keys."""
-    if block_n == 64:
-        return DEFAULT_STAGES[64], True, DEFAULT_Q_REGS[64]
-    return DEFAULT_STAGES.get(block_n, 2), kv_len < LONG_KV, DEFAULT_Q_REGS.get(block_n, False)
+    return DEFAULT_STAGES[block_n], block_n == 64 or kv_len < LONG_KV, DEFAULT_Q_REGS[block_n]
 
 
 def check_stages(block_n: int, stages: int) -> None:
