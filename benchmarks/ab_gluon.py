@@ -27,7 +27,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_executor import bench, make_plan, qkv  # noqa: E402
+from bench_executor import bench, case_names, make_plan, qkv  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
 from spbench.kernels import pyramid_gluon  # noqa: E402
 from spbench.kernels.pool import build_pyramid  # noqa: E402
@@ -99,10 +99,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "ab_gluon.json"))
     args = ap.parse_args()
-    names = [c for c in args.cases.split(",") if c]
-    unknown = sorted(set(names) - set(CASES))
-    if unknown:
-        sys.exit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    names = case_names(args.cases, CASES)
     if args.before and not os.path.isfile(args.before):
         sys.exit(f"no such file: {args.before}")
     configs = {"default": {}}

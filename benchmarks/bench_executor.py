@@ -117,6 +117,15 @@ def bench(fn, reps=10, warmup=1):
     return times[len(times) // 2], times[0], times[-1]
 
 
+def case_names(text: str, known) -> list[str]:
+    """The comma-separated case names of a ``--cases`` argument; exits with a one-line message on an unknown one."""
+    names = [c for c in text.split(",") if c]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        sys.exit(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
 def cfg_of(text):
     from spbench.kernels import tuning
 

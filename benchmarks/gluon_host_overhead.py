@@ -16,7 +16,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_executor import bench, make_plan, qkv  # noqa: E402
+from bench_executor import bench, case_names, make_plan, qkv  # noqa: E402
 from spbench.kernels.pool import build_pyramid  # noqa: E402
 from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: E402
 from spbench.timing import flush_l2  # noqa: E402
@@ -75,10 +75,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "host_overhead.json"))
     args = ap.parse_args()
-    names = [c for c in args.cases.split(",") if c]
-    unknown = sorted(set(names) - set(CASES))
-    if unknown:
-        sys.exit(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    names = case_names(args.cases, CASES)
     L, H = 32768, 12
     q, k, v = qkv(1, H, H, L, L, 128, torch.bfloat16)
     pyr = build_pyramid(k, v)
