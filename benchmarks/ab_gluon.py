@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_executor import bench, case_names, make_plan, qkv  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
 from spbench.kernels import pyramid_gluon  # noqa: E402
+from spbench.errors import SpbenchError  # noqa: E402
 from spbench.kernels.pool import build_pyramid  # noqa: E402
 
 CASES = {  # name: (L, heads, block_kv, level mix)
@@ -107,7 +108,10 @@ def main() -> None:
         label, sep, text = side.partition("=")
         if not sep:
             sys.exit(f"--configs side {side!r}: expected label=config")
-        configs[label.strip()] = pyramid_gluon.parse_config(text)
+        try:
+            configs[label.strip()] = pyramid_gluon.parse_config(text)
+        except SpbenchError as err:
+            sys.exit(f"--configs side {side!r}: {err}")
     before = load_kernel(args.before) if args.before else None
     records = []
     for name in names:
