@@ -117,7 +117,8 @@ if HAVE_GLUON:
     @gluon.jit
     def _cut_tail(s, valid, BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
         """-inf past the tile's first ``valid`` columns; whole tiles (valid == BLOCK_N) keep theirs. ptxas
-        predicates it, so every clean tile pays the select (~60 instructions per tile at 64 rows)."""
+        predicates it, so every clean tile of a step copy holding it pays the select (~60 instructions per
+        tile at 64 rows); level-1-only plans keep it in a copy of its own (``COLD_CUT`` in :func:`_consumer`)."""
         if valid < BLOCK_N:
             cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
             s = gl.where(gl.expand_dims(cols < valid, 0), s, float("-inf"))
@@ -187,13 +188,14 @@ if HAVE_GLUON:
     @gluon.jit
     def _step(t, lvl, tl, valid, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
               cnt, kv_len, qk_scale, inv_scale, idx_row,
-              MASKED: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
+              MASKED: gl.constexpr, CUT: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
               s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
         """Tile t >= 1: S_t = Q K_t^T and O += P_{t-1} V_{t-1} issued back to back.
 
         Clean tiles run the softmax of S_t while the PV wgmma is in flight;
         so do the partly filled last tiles of levels without a ragged entry
-        (``valid`` < BLOCK_N: columns past it cut). MASKED tiles (the ragged
+        (``valid`` < BLOCK_N: columns past it cut; CUT says whether this copy
+        of the step has the cut, see :func:`_consumer`). MASKED tiles (the ragged
         last KV block's) first let the PV wgmma finish: its register operand
         P_{t-1} is then dead, which leaves room for the per-column mask/bias
         vectors of :func:`_masked` without spilling.
@@ -214,7 +216,8 @@ if HAVE_GLUON:
         else:
             s = warpgroup_mma_wait(1, deps=[s_tok])  # S done; PV may still run
             mbarrier.arrive(k_empty.index(slot), count=1)
-            s = _cut_tail(s, valid, BLOCK_N, s_layout)
+            if CUT:
+                s = _cut_tail(s, valid, BLOCK_N, s_layout)
             shift = lvl.to(gl.float32)  # + log2(p) of a clean pooled tile, folded into max and shift
             m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale + shift)
             p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_new, 1))
@@ -246,7 +249,7 @@ if HAVE_GLUON:
                   sq_b, sq_h, sq_l, so_b, so_h, so_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
                   D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-                  Q_REGS: gl.constexpr):
+                  Q_REGS: gl.constexpr, LEVEL_MASK: gl.constexpr):
         """One warpgroup: softmax(Q K^T) V for its 64 query rows of each work item, over every tile of every level.
 
         Tiles are numbered across levels (the loader's order); tile t of an
@@ -264,6 +267,9 @@ if HAVE_GLUON:
         q_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
         q_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[4, 1], order=[1, 0])
         dtype: gl.constexpr = q_smem.dtype
+        # Level-1-only plans: a level's partly filled last tile (at most one per item) takes its own copy of the
+        # clean step, so whole tiles skip the cut's select; with pooled levels one copy with the cut measured faster
+        COLD_CUT: gl.constexpr = LEVEL_MASK == 1
         inv_scale = 1.0 / qk_scale
         base = 0
         qv = _load_q(Q, first, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
@@ -319,11 +325,20 @@ if HAVE_GLUON:
                     if valid == 255:
                         acc, p_op, m_i, l_i = _step(base + t, lvl, t - _pick(lvl, 0, c1, c2, c3), valid, acc, p_op, m_i, l_i, q_a,
                                                     zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale,
-                                                    inv_scale, idx_row, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                                                    inv_scale, idx_row, True, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                    elif COLD_CUT:
+                        if valid < BLOCK_N:
+                            acc, p_op, m_i, l_i = _step(base + t, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
+                                                        k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                        idx_row, False, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                        else:
+                            acc, p_op, m_i, l_i = _step(base + t, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
+                                                        k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                                        idx_row, False, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                     else:
                         acc, p_op, m_i, l_i = _step(base + t, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
                                                     k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                                                    idx_row, False, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
                 last = base + total - 1
                 mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
                 o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
@@ -390,11 +405,11 @@ if HAVE_GLUON:
             (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
                          first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
+                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
             (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
                          first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS)),
+                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
                        first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
                        BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),

@@ -48,7 +48,13 @@ softmax of a tile serialized with its matmuls. This one is written in Gluon
   the general masked step at ~4k extra cycles with 64-row tiles and ~17k
   with 128-row tiles, where a whole tile costs ~1.6k / ~2.8k; the tail cut
   took the pyramid mix at 32k x 12 in 128-row tiles from 2.35 to 1.89 ms
-  (results/reference/gluon-s14/);
+  (results/reference/gluon-s14/). The cut is a predicated select that
+  whole tiles pay too; plans of level 1 only (at most one such tile per
+  item) take it in a separate copy of the clean step instead: binary 0.10
+  1.029x at 110k x 40 and 1.017x at 32k x 12, dense 1.017x at 32k, the
+  pyramid mix unchanged, near-empty plans (1% of blocks) 0.95x. With
+  pooled levels that copy made the mix 3-4% slower (one A/B each,
+  results/reference/gluon-s15/), so there the cut stays in the one step;
 * empty rows return zeros (lse -inf); epilogue ``row_scale * O +
   compensation`` and the natural-log LSE as in the Triton kernel.
 
@@ -62,7 +68,12 @@ kernel time from the profiler; results/reference/gluon-s13/) Q in registers
 took the mix from 2.00 to 1.92 ms and the persistent grid on top to 1.84 ms
 (a one-tile work item: 9.7 -> 7.7 us), so both are the default with 64-row
 tiles. With 128-row tiles Q in registers spills (sm_90 compile), so it
-stays off there.
+stays off there. Overlapping items (an item's last PV wgmma issued with the
+next item's first S, its epilogue run while that S computes) was correct
+but 5-11% slower on sparse plans at 32k (results/reference/gluon-s15/); in
+its first form an async wgmma result merged across a branch, and ptxas then
+serialized every wgmma of the kernel (~20% slower; the sm_90 compile test
+checks for it).
 
 Launch config (see :func:`config`): ``BLOCK_N`` 128 for every plan, 2
 pipeline stages, a persistent grid below :data:`LONG_KV` keys. Until
@@ -76,8 +87,11 @@ near-empty plans (1% of the blocks: 1-3 tiles per work item) stay 10-20%
 faster in 64-row tiles (0.13-0.22 ms calls). ``spbench kernel`` on the mix:
 run 1.745-1.754 ms with 128-row tiles vs 1.88 ms with 64-row ones.
 ``SPBENCH_GLUON_CONFIG="block_n=64,stages=2,persistent=1,q_regs=1"`` pins any of them.
-3 stages with 128-row tiles (224 KB of shared memory) are refused as
-untested. History: with the first loader (one scalar index load per TMA
+3 stages with 128-row tiles (224 KB of shared memory) are refused: in
+session 15 they fit (229,824 bytes) and passed the GPU checks, but ran no
+faster (same-process A/B of this kernel: -1.5% to +2.0% by case, within
+noise; results/reference/gluon-s15/b_ab_crossitem_serialized.json,
+sides ``default@before`` / ``s3@before``). History: with the first loader (one scalar index load per TMA
 copy) 3 stages gave wrong results / illegal addresses with pooled levels
 (results/reference/gluon_exec_h200_phase2.json); since the loader reads a
 tile's indices as one vector they pass every GPU check (cause of the old
