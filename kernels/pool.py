@@ -1,8 +1,11 @@
 """The pooled K/V pyramid: keys and values mean-pooled in groups of 2, 4 and 8.
 
-One Triton pass reads each K and V row once and writes all three levels
-(level 4 is built from the level-2 sums, level 8 from the level-4 sums, so
-"pooling repeated pairwise" and "mean of the group" agree exactly in fp32).
+One Triton launch reads each K and V row once and writes the levels asked
+for, all three by default (level 4 is built from the level-2 sums, level 8
+from the level-4 sums, so "pooling repeated pairwise" and "mean of the
+group" agree exactly in fp32). The executor asks only for its plan's levels:
+the pyramid mix 1:0.10,2:0.05,8:0.20 skips level 4, 13% of the pass's bytes
+(at 32000 x 12 heads: 197 MB read, 172 MB written with every level).
 Groups are global: pooled row j of level p stands for key positions
 j*p .. j*p+p-1. A group cut short by the end of the sequence averages the
 m < p keys it has (see :func:`spbench.kernels.reference.pool_kv`).
@@ -51,6 +54,11 @@ class Pyramid:
     def kv_len(self) -> int:
         return self.k[1].shape[2]
 
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The pooled levels it holds (all of 2, 4, 8 unless built for fewer)."""
+        return tuple(p for p in POOL_LEVELS if p in self.k)
+
     def matches(self, k: torch.Tensor, v: torch.Tensor) -> bool:
         return self.source == _fingerprint(k, v)
 
@@ -59,22 +67,38 @@ def _fingerprint(k: torch.Tensor, v: torch.Tensor) -> tuple:
     return tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, t._version) for t in (k, v))
 
 
+#: level-8 groups per program at head dim 128 (G * 8 rows of K or V; scaled to keep G * D fixed) and warps per
+#: program; benchmarks/bench_pool.py times other values
+POOL_GROUPS = 16
+POOL_WARPS = 4
+
 if triton is not None:
 
     @triton.jit
     def _pool_kernel(
-        src_ptr, out2_ptr, out4_ptr, out8_ptr,
+        k_ptr, v_ptr, out2_ptr, out4_ptr, out8_ptr,
         H, L, L2, L4, L8,
-        s_b, s_h, s_l,
-        o2_bh, o4_bh, o8_bh,
-        D: tl.constexpr, G: tl.constexpr,
+        sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
+        o2_kv, o4_kv, o8_kv, o2_bh, o4_bh, o8_bh,
+        D: tl.constexpr, G: tl.constexpr, W2: tl.constexpr, W4: tl.constexpr, W8: tl.constexpr,
     ):
-        """One program: G level-8 groups (8*G rows) of one (batch, head) of K or V."""
+        """One program: G level-8 groups (8*G rows) of one (batch, head) of K (axis 2 = 0) or V (= 1).
+
+        K and V share one launch; their pooled rows go to the two halves of one
+        buffer per level (``o*_kv`` apart). Levels whose W flag is off are not
+        stored (their sums are still the step to the next level).
+        """
         pid_g = tl.program_id(0)
         bh = tl.program_id(1)
+        which = tl.program_id(2)
         b = bh // H
         h = bh % H
-        src = src_ptr + b.to(tl.int64) * s_b + h.to(tl.int64) * s_h
+        if which == 0:
+            src = k_ptr + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h
+            s_l = sk_l
+        else:
+            src = v_ptr + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h
+            s_l = sv_l
         j = pid_g * G + tl.arange(0, G)  # level-8 group index
         d = tl.arange(0, D)
         # x_i = row 8j+i; rows past the end read as 0. Sums of each level are
@@ -91,15 +115,20 @@ if triton is not None:
         b2 = x2 + x3
         c = x4 + x5
         e = x6 + x7
-        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 0, d, a, 2, L, L2, D)
-        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 1, d, b2, 2, L, L2, D)
-        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 2, d, c, 2, L, L2, D)
-        _store_mean(out2_ptr, bh, o2_bh, j * 4 + 3, d, e, 2, L, L2, D)
+        if W2:
+            out2 = out2_ptr + which.to(tl.int64) * o2_kv
+            _store_mean(out2, bh, o2_bh, j * 4 + 0, d, a, 2, L, L2, D)
+            _store_mean(out2, bh, o2_bh, j * 4 + 1, d, b2, 2, L, L2, D)
+            _store_mean(out2, bh, o2_bh, j * 4 + 2, d, c, 2, L, L2, D)
+            _store_mean(out2, bh, o2_bh, j * 4 + 3, d, e, 2, L, L2, D)
         f = a + b2
         g = c + e
-        _store_mean(out4_ptr, bh, o4_bh, j * 2 + 0, d, f, 4, L, L4, D)
-        _store_mean(out4_ptr, bh, o4_bh, j * 2 + 1, d, g, 4, L, L4, D)
-        _store_mean(out8_ptr, bh, o8_bh, j, d, f + g, 8, L, L8, D)
+        if W4:
+            out4 = out4_ptr + which.to(tl.int64) * o4_kv
+            _store_mean(out4, bh, o4_bh, j * 2 + 0, d, f, 4, L, L4, D)
+            _store_mean(out4, bh, o4_bh, j * 2 + 1, d, g, 4, L, L4, D)
+        if W8:
+            _store_mean(out8_ptr + which.to(tl.int64) * o8_kv, bh, o8_bh, j, d, f + g, 8, L, L8, D)
 
     @triton.jit
     def _load_rows(src, r, d, L, s_l):
@@ -112,42 +141,53 @@ if triton is not None:
         tl.store(ptr, (total / m[:, None]).to(out_ptr.dtype.element_ty), mask=(r < LP)[:, None])
 
 
-def _pool_one(x: torch.Tensor) -> dict[int, torch.Tensor]:
-    bsz, heads, length, dim = x.shape
+def _pool_kv(k: torch.Tensor, v: torch.Tensor, levels: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """K's and V's pooled ``levels`` in one launch: per level one [2, B, H, Lp, D] buffer, K's half and V's."""
+    bsz, heads, length, dim = k.shape
     if dim & (dim - 1) or dim < 16:
         raise SpbenchError(f"the pyramid kernel needs a power-of-two head dim >= 16, got {dim}")
-    outs = {p: torch.empty(bsz, heads, pooled_length(length, p), dim, dtype=x.dtype, device=x.device) for p in POOL_LEVELS}
-    groups = max(1, 2048 // dim)  # G level-8 groups per program: 8*G rows of D
-    grid = (triton.cdiv(pooled_length(length, 8), groups), bsz * heads)
+    bufs = {p: torch.empty(2, bsz, heads, pooled_length(length, p), dim, dtype=k.dtype, device=k.device) for p in levels}
+    ptr = {p: bufs.get(p, k) for p in POOL_LEVELS}  # an unstored level's pointer is never written
+    per_kv = {p: bsz * heads * pooled_length(length, p) * dim for p in POOL_LEVELS}
+    groups = max(1, POOL_GROUPS * 128 // dim)
+    grid = (triton.cdiv(pooled_length(length, 8), groups), bsz * heads, 2)
     _pool_kernel[grid](
-        x, outs[2], outs[4], outs[8],
-        heads, length, outs[2].shape[2], outs[4].shape[2], outs[8].shape[2],
-        x.stride(0), x.stride(1), x.stride(2),
-        outs[2].shape[2] * dim, outs[4].shape[2] * dim, outs[8].shape[2] * dim,
-        D=dim, G=groups,
+        k, v, ptr[2], ptr[4], ptr[8],
+        heads, length, pooled_length(length, 2), pooled_length(length, 4), pooled_length(length, 8),
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        per_kv[2], per_kv[4], per_kv[8],
+        pooled_length(length, 2) * dim, pooled_length(length, 4) * dim, pooled_length(length, 8) * dim,
+        D=dim, G=groups, W2=2 in levels, W4=4 in levels, W8=8 in levels, num_warps=POOL_WARPS,
     )
-    return outs
+    return {p: bufs[p][0] for p in levels}, {p: bufs[p][1] for p in levels}
 
 
-def build_pyramid(k: torch.Tensor, v: torch.Tensor) -> Pyramid:
-    """Pool K and V by 2, 4 and 8 in one pass each (Triton; CUDA or TRITON_INTERPRET=1).
+def build_pyramid(k: torch.Tensor, v: torch.Tensor, levels=POOL_LEVELS) -> Pyramid:
+    """Pool K and V by each of ``levels`` (some of 2, 4, 8) in one pass (Triton; CUDA or TRITON_INTERPRET=1).
 
-    Falls back to the PyTorch pooling of :mod:`spbench.kernels.reference`
-    when Triton cannot run here (plain CPU), with the same rounding to K's dtype.
+    A plan that uses fewer levels needs only those (the executor asks for
+    its plan's). Falls back to the PyTorch pooling of
+    :mod:`spbench.kernels.reference` when Triton cannot run here (plain CPU),
+    with the same rounding to K's dtype.
     """
     if k.shape != v.shape or k.dim() != 4:
         raise SpbenchError(f"k and v must both be [batch, heads, seq, head_dim], got {tuple(k.shape)} and {tuple(v.shape)}")
+    levels = tuple(sorted(set(levels)))
+    if not set(levels) <= set(POOL_LEVELS):
+        raise SpbenchError(f"pooled levels are some of {POOL_LEVELS}, got {levels}")
     source = _fingerprint(k, v)
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         k, v = k.contiguous(), v.contiguous()
     from spbench.kernels.executor import triton_available  # noqa: PLC0415 - avoid an import cycle
 
-    if triton is not None and triton_available(k.device):
-        pk, pv = _pool_one(k), _pool_one(v)
+    if not levels:
+        pk, pv = {}, {}
+    elif triton is not None and triton_available(k.device):
+        pk, pv = _pool_kv(k, v, levels)
     else:
         from spbench.kernels.reference import pool_kv  # noqa: PLC0415
 
         acc = torch.float64 if k.dtype == torch.float64 else torch.float32
-        pk = {p: pool_kv(k.to(acc), p)[0].to(k.dtype) for p in POOL_LEVELS}
-        pv = {p: pool_kv(v.to(acc), p)[0].to(v.dtype) for p in POOL_LEVELS}
+        pk = {p: pool_kv(k.to(acc), p)[0].to(k.dtype) for p in levels}
+        pv = {p: pool_kv(v.to(acc), p)[0].to(v.dtype) for p in levels}
     return Pyramid({1: k, **pk}, {1: v, **pv}, source)

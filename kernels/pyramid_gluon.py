@@ -279,8 +279,11 @@ def run_plan_gluon(
     descs = [descriptor(t, load_rows(plan.block_kv, block_n, 1)) for t in (k, v)]
     lens = [(lk + p - 1) // p for p in (2, 4, 8)]
     if mask & ~1:
-        pyr = pyramid_for(k, v, plan, pyramid)
+        pyr = pyramid_for(k, v, plan, pyramid, mask)
         for p in (2, 4, 8):
+            if p not in pyr.k:  # not in the plan: LEVEL_MASK compiles its loads out
+                descs += descs[:2]
+                continue
             rows = load_rows(plan.block_kv, block_n, p)
             descs += [descriptor(pyr.k[p].contiguous(), rows), descriptor(pyr.v[p].contiguous(), rows)]
     else:

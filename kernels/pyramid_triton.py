@@ -330,14 +330,23 @@ def _extra(plan: Plan, name: str, shape: tuple, device) -> torch.Tensor | None:
     return value.to(torch.float32).contiguous()
 
 
-def pyramid_for(k: torch.Tensor, v: torch.Tensor, plan: Plan, pyramid: Pyramid | None) -> Pyramid:
-    """The pooled pyramid to use: the given one, plan.extras['pyramid'], or a fresh one."""
+def pyramid_for(k: torch.Tensor, v: torch.Tensor, plan: Plan, pyramid: Pyramid | None, level_mask: int) -> Pyramid:
+    """The pooled pyramid to use: the given one, plan.extras['pyramid'], or a fresh one holding only the pooled
+    levels of ``level_mask`` (bit r: level 2**r), so a plan without level 4 does not pay for writing it."""
+    needed = pooled_levels(level_mask)
     for cand in (pyramid, plan.extras.get("pyramid")):
-        if cand is not None and cand.matches(k, v):
+        if cand is not None and cand.matches(k, v) and set(needed) <= set(cand.levels):
             return cand
     if pyramid is not None:
-        raise SpbenchError("the pyramid passed in was built from other k/v tensors")
-    return build_pyramid(k, v)
+        if not pyramid.matches(k, v):
+            raise SpbenchError("the pyramid passed in was built from other k/v tensors")
+        raise SpbenchError(f"the pyramid passed in holds levels {pyramid.levels}; the plan needs {needed}")
+    return build_pyramid(k, v, needed)
+
+
+def pooled_levels(level_mask: int) -> tuple[int, ...]:
+    """The pooled levels (2, 4, 8) of a schedule's level mask."""
+    return tuple(p for r, p in enumerate(LEVELS) if r and level_mask >> r & 1)
 
 
 def run_plan(
@@ -399,8 +408,8 @@ def run_plan(
         return out
 
     if sched.level_mask & ~1:
-        pyr = pyramid_for(k, v, plan, pyramid)
-        pooled = [pyr.k[2], pyr.v[2], pyr.k[4], pyr.v[4], pyr.k[8], pyr.v[8]]
+        pyr = pyramid_for(k, v, plan, pyramid, sched.level_mask)
+        pooled = [t for p in (2, 4, 8) for t in (pyr.k.get(p, k), pyr.v.get(p, v))]  # an absent level is never read
     else:
         pooled = [k, v] * 3  # never read: LEVEL_MASK compiles those loops out
     q, k, v = _rows_ok(q), _rows_ok(k), _rows_ok(v)

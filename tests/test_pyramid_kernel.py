@@ -78,6 +78,44 @@ def test_pool_kernel_matches_reference(dtype):
                 torch.testing.assert_close(pyr.k[p][:, :, -1].float(), k[:, :, -m:].float().mean(2), atol=1e-6, rtol=rtol)
 
 
+def test_pool_kernel_level_subsets():
+    """Only the asked levels are built, each equal to the full pyramid's; K and V (other strides) in one launch."""
+    k = torch.randn(2, 3, 45, 32)
+    v = torch.randn(2, 45, 3, 32).transpose(1, 2)  # [B, H, L, D] with L-major strides
+    full = build_pyramid(k, v)
+    assert full.levels == (2, 4, 8)
+    for levels in ((2,), (4,), (8,), (2, 8), (4, 8)):
+        part = build_pyramid(k, v, levels)
+        assert part.levels == levels and part.matches(k, v)
+        for p in levels:
+            assert torch.equal(part.k[p], full.k[p]) and torch.equal(part.v[p], full.v[p])
+            assert part.k[p].is_contiguous() and part.v[p].is_contiguous()
+        for p in set((2, 4, 8)) - set(levels):
+            assert p not in part.k and p not in part.v
+    assert build_pyramid(k, v, ()).levels == ()
+    with pytest.raises(SpbenchError, match="some of"):
+        build_pyramid(k, v, (3,))
+
+
+def test_executor_pools_only_its_levels(monkeypatch):
+    """A plan of levels 1, 2 and 8 builds levels 2 and 8 only; a given pyramid lacking one of them is refused."""
+    from spbench.kernels import pyramid_triton
+
+    built = []
+    real = pyramid_triton.build_pyramid
+    monkeypatch.setattr(pyramid_triton, "build_pyramid", lambda k, v, levels=(2, 4, 8): built.append(levels) or real(k, v, levels))
+    q, k, v = make_qkv(1, 2, 1, 40, 200, 16)
+    levels = torch.tensor([1, 2, 0, 8, 8, 1, 2])[None, None, None].expand(1, 2, 1, 7).clone()
+    out = pyramid_attention(q, k, v, levels, 64, 32)
+    torch.testing.assert_close(out, pyramid_attention_reference(q, k, v, levels, 64, 32), atol=2e-5, rtol=0)
+    assert built == [(2, 8)]
+    with pytest.raises(SpbenchError, match="holds levels"):
+        pyramid_attention(q, k, v, levels, 64, 32, pyramid=build_pyramid(k, v, (2, 4)))
+    out = pyramid_attention(q, k, v, levels, 64, 32, pyramid=build_pyramid(k, v))  # a full one serves any plan
+    torch.testing.assert_close(out, pyramid_attention_reference(q, k, v, levels, 64, 32), atol=2e-5, rtol=0)
+    assert built == [(2, 8)]
+
+
 def test_pyramid_reuse_and_staleness():
     q, k, v = make_qkv(1, 2, 1, 40, 70, 16)
     levels = torch.full((1, 2, 1, 3), 2)
