@@ -97,6 +97,16 @@ copy) 3 stages gave wrong results / illegal addresses with pooled levels
 tile's indices as one vector they pass every GPU check (cause of the old
 failure not pinned down).
 
+Last-round split (``split=1``, off by default until timed on a GPU): a
+persistent grid of G programs over N items runs ceil(N / G) rounds, the
+last with only N % G items (32k x 12 heads on 132 SMs: 23 full rounds and
+36 items, ~3% of the call idle). With the split each of those items' tiles
+is cut into up to 4 consecutive ranges run by different programs; each part
+stores its normalised rows and log2-sum-exp, and a small Triton kernel
+(:mod:`spbench.kernels.merge_parts`) merges them and applies the epilogue.
+The unsplit kernel is the same code (PARTS = 1 compiles the unit logic out;
+sm_90 SASS: the same instructions).
+
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
 level-1 plans and 1.17x on the pyramid mix 1:0.10,2:0.05,8:0.20, and faster
@@ -117,6 +127,7 @@ import os
 
 from spbench.kernels import tuning
 from spbench.kernels.gluon_attn import BLOCK_M, CONSUMER_REGS, HAVE_GLUON, LOADER_REGS, MAXNREG, load_rows
+from spbench.kernels.merge_parts import merge_parts
 from spbench.plan import LEVELS, Plan
 
 LOG2E = 1.4426950408889634
@@ -129,7 +140,7 @@ if HAVE_GLUON:
 
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
-CONFIG_FIELDS = ("block_n", "stages", "persistent", "q_regs")
+CONFIG_FIELDS = ("block_n", "stages", "persistent", "q_regs", "split")
 #: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
 AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
@@ -143,6 +154,11 @@ DEFAULT_BLOCK_N = 128
 LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
+#: split the items of a persistent grid's short last round (:func:`split_parts`) when not pinned: off until it
+#: is timed on a GPU (written in session 15 without one; GPU tests in tests/test_pyramid_gluon.py)
+DEFAULT_SPLIT = False
+#: at most this many parts per split item (each part pays a prologue, an epilogue and its share of the merge)
+MAX_PARTS = 4
 #: per tile height when not pinned: S = Q K^T with Q in registers (wgmma A operand), so the S wgmma reads only K
 #: from shared memory (with 64-row tiles Q and K together need about the whole shared-memory bandwidth); with
 #: 128-row tiles the consumer would spill (sm_90 compile)
@@ -176,10 +192,11 @@ def parse_config(text: str) -> dict[str, int]:
     for item in filter(None, (x.strip() for x in text.split(","))):
         name, sep, value = (x.strip() for x in item.partition("="))
         if not sep or name not in CONFIG_FIELDS or not value.isdigit():
-            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1 or q_regs=0|1")
+            raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1, q_regs=0|1 "
+                               "or split=0|1")
         fields[name] = int(value)
-    if fields.get("block_n", 64) not in (64, 128) or fields.get("persistent", 0) not in (0, 1) or fields.get("q_regs", 0) not in (0, 1):
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent and q_regs 0 or 1, got {fields}")
+    if fields.get("block_n", 64) not in (64, 128) or any(fields.get(f, 0) not in (0, 1) for f in ("persistent", "q_regs", "split")):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent, q_regs and split 0 or 1, got {fields}")
     return fields
 
 
@@ -198,6 +215,22 @@ def tile_defaults(block_n: int, kv_len: int) -> tuple[int, bool, bool]:
     """(stages, persistent, q_regs) measured best for ``block_n``-row tiles and ``kv_len`` keys (module docstring):
     64-row tiles 3 stages, persistent, Q in registers; 128-row tiles 2 stages, persistent below LONG_KV keys."""
     return DEFAULT_STAGES[block_n], block_n == 64 or kv_len < LONG_KV, DEFAULT_Q_REGS[block_n]
+
+
+def split_enabled() -> bool:
+    """Whether a persistent grid splits its short last round (``split`` of ``SPBENCH_GLUON_CONFIG``, else the default)."""
+    return bool(parse_config(os.environ.get(CONFIG_ENV, "")).get("split", DEFAULT_SPLIT))
+
+
+def split_parts(n_items: int, grid: int) -> int:
+    """Parts per item of the last round of ``n_items`` items on ``grid`` persistent programs: 1 (no split) when
+    the rounds come out even or there is only one, else as many as the idle programs allow, at most MAX_PARTS.
+    E.g. 3072 items (32k x 12 heads) on 132 SMs: 23 full rounds and 36 items, split in 3 (108 programs busy)."""
+    tail = n_items % grid
+    if tail == 0 or n_items < grid:
+        return 1
+    parts = min(MAX_PARTS, grid // tail)
+    return parts if parts >= 2 else 1
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -238,11 +271,13 @@ def run_plan_gluon(
     stages: int | None = None,
     persistent: bool | None = None,
     q_regs: bool | None = None,
+    split: bool | None = None,
 ):
     """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
 
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
-    ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`.
+    ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`, ``split``
+    :func:`split_enabled` (only a persistent grid splits).
     """
     from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
@@ -290,20 +325,29 @@ def run_plan_gluon(
         descs += descs[:2] * 3  # never read: LEVEL_MASK compiles those loads out
     n_items = (lq + BLOCK_M - 1) // BLOCK_M * bsz * hq
     grid = (min(n_items, _sm_count(q.device)) if persistent else n_items,)
+    split = split_enabled() if split is None else bool(split)
+    parts = split_parts(n_items, grid[0]) if persistent and split else 1
+    n_whole = n_items - n_items % grid[0] if parts > 1 else n_items
+    n_rows = (n_items - n_whole) * parts * BLOCK_M
+    part_o = torch.empty(n_rows, d, device=q.device, dtype=torch.float32) if parts > 1 else lse
+    part_l = torch.empty(n_rows, device=q.device, dtype=torch.float32) if parts > 1 else lse
     _gluon_fwd[grid](
-        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
+        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out, part_o, part_l,
         sched.idx, sched.count,
-        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width, bsz * hq,
+        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width, bsz * hq, n_whole,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
-        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs,
+        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs, PARTS=parts,
         num_warps=4, maxnreg=MAXNREG,
     )
-    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)},q_regs={int(q_regs)}", "gluon",
-                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, q_regs=q_regs,
+    if parts > 1:
+        merge_parts(part_o, part_l, parts, n_whole, out, lse if return_lse else None, row_scale, comp, plan.block_q)
+    tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)},q_regs={int(q_regs)}"
+                         + (f",parts={parts}" if parts > 1 else ""), "gluon",
+                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, q_regs=q_regs, parts=parts,
                          levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 
 
-__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "parse_config", "descriptor"]
+__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "parse_config", "descriptor", "split_parts"]

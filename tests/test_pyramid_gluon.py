@@ -63,12 +63,13 @@ def test_compiles_for_sm90():
         dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=2, level_mask=11, has_scale=True, has_comp=True, return_lse=True,
              index_dtype="i32"),
         dict(dtype="bf16", d=128, block_kv=64, block_n=64, stages=3, level_mask=15, q_regs=True, return_lse=True),
+        dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2, level_mask=15, parts=3, has_scale=True, return_lse=True),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(configs)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert results[-1]["wgmma"] == results[1]["wgmma"], results  # Q in registers: same wgmma count, other operand source
+    assert results[3]["wgmma"] == results[1]["wgmma"], results  # Q in registers: same wgmma count, other operand source
     for cfg, res in zip(configs, results):
         # At most a few spilled scalars (measured: <= 200 bytes with every level, triton 3.6/3.8);
         # tile-sized spills would be kilobytes.
@@ -102,6 +103,57 @@ def test_unsupported_reasons_cpu():
     assert pyramid_gluon.unsupported(q, q, q, plan) is not None  # CPU tensors
     with pytest.raises(SpbenchError):
         pyramid_gluon.run_plan_gluon(q, q, q, plan)
+
+
+def test_split_parts_and_switch(monkeypatch):
+    from spbench.kernels import pyramid_gluon
+
+    assert pyramid_gluon.split_parts(3072, 132) == 3  # 23 rounds + 36 items: 108 of 132 programs busy
+    assert pyramid_gluon.split_parts(264, 132) == 1  # even rounds
+    assert pyramid_gluon.split_parts(100, 132) == 1  # one round: nothing waits on the tail
+    assert pyramid_gluon.split_parts(133, 132) == pyramid_gluon.MAX_PARTS  # one item left, capped
+    assert pyramid_gluon.split_parts(132 + 70, 132) == 1  # 70 items: no room for 2 parts each
+    assert pyramid_gluon.split_parts(132 + 66, 132) == 2
+    monkeypatch.delenv(pyramid_gluon.CONFIG_ENV, raising=False)
+    assert pyramid_gluon.split_enabled() is pyramid_gluon.DEFAULT_SPLIT
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "split=1")
+    assert pyramid_gluon.split_enabled() is True
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "split=2")
+    with pytest.raises(SpbenchError):
+        pyramid_gluon.split_enabled()
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton kernel on CPU tensors: interpreter only")
+@pytest.mark.parametrize("parts, bq, lq, extras", [(2, 128, 300, ""), (3, 256, 257, "scale,comp,lse"), (4, 128, 128, "lse")])
+def test_merge_parts_matches_reference(parts, bq, lq, extras):
+    """The merge of split items' parts against its plain-PyTorch reference: parts that saw nothing (-inf), rows
+    nothing saw, ragged query lengths, row_scale / compensation / LSE, block_q 128 and 256."""
+    from spbench.kernels.merge_parts import ITEM_ROWS, merge_parts, merge_parts_reference
+
+    torch.manual_seed(0)
+    b, h, d = 2, 3, 32
+    n_m = -(-lq // ITEM_ROWS)
+    n_items = b * h * n_m
+    n_whole = n_items - 3
+    part_o = torch.randn(3 * parts * ITEM_ROWS, d)
+    part_l = torch.randn(3 * parts * ITEM_ROWS) * 4
+    part_l[: ITEM_ROWS] = float("-inf")  # item 0's first part saw nothing
+    part_l.view(3, parts, ITEM_ROWS)[1, :, :5] = float("-inf")  # 5 rows of item 1 saw nothing at all
+    nqb = -(-lq // bq)
+    row_scale = torch.rand(b, h, nqb) + 0.5 if "scale" in extras else None
+    comp = torch.randn(b, h, nqb, d) if "comp" in extras else None
+    out = torch.zeros(b, h, lq, d)
+    ref = torch.zeros(b, h, lq, d)
+    lse = torch.zeros(b, h, lq) if "lse" in extras else None
+    ref_lse = torch.zeros(b, h, lq) if "lse" in extras else None
+    merge_parts(part_o, part_l, parts, n_whole, out, lse, row_scale, comp, bq)
+    merge_parts_reference(part_o, part_l, parts, n_whole, ref, ref_lse, row_scale, comp, bq)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.abs().sum() > 0 and (out.abs().sum(-1) > 0).sum() < b * h * lq  # split rows written, whole items' rows not
+    if lse is not None:
+        assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and torch.isinf(lse).any()
+        fin = torch.isfinite(ref_lse)
+        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton kernel on CPU tensors: interpreter only")
@@ -207,6 +259,48 @@ def test_gluon_matches_reference(case, programs, q_regs, monkeypatch):
         assert (lse[fin] - rlse[fin]).abs().max().item() < 1e-2
     if extra.get("empty"):
         assert torch.isinf(lse[:, :, :bq]).all() and (out[:, :, :bq] == 0).all()
+
+
+@needs_sm90
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[8] == 128][:6] + [GPU_CASES[11]],
+                         ids=lambda c: f"{c[0]}-d{c[1]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}")
+def test_gluon_split_last_round(case, monkeypatch):
+    """A persistent grid whose last round is split (programs chosen so that some items are left over) against
+    the reference, with the LSE; the same call without splitting gives the same output to rounding."""
+    from spbench.kernels import pyramid_gluon
+    from spbench.kernels.pyramid_gluon import run_plan_gluon
+    from spbench.kernels.reference import pyramid_attention_reference
+
+    dtype, d, hq, hkv, lq, lk, bq, bk, bn, stages, extra = case
+    dtype = getattr(torch, dtype)
+    b = 2
+    g = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(b, hq, lq, d, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(b, hkv, lk, d, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(b, hkv, lk, d, device="cuda", dtype=dtype, generator=g)
+    levels = _plan(b, hq, lq, lk, bq, bk, device="cuda", empty=extra.get("empty", False), pooled=extra.get("pooled", False))
+    if extra.get("dense"):
+        levels = torch.ones_like(levels)
+    extras = {}
+    if extra.get("epilogue"):
+        extras["row_scale"] = torch.rand(b, hq, levels.shape[2], device="cuda", generator=g) + 0.5
+        extras["compensation"] = torch.randn(b, hq, levels.shape[2], d, device="cuda", generator=g)
+    plan = Plan.from_levels(levels, lq, lk, bq, bk, False, extras=extras)
+    n_items = -(-lq // 128) * b * hq
+    programs = n_items - 1 if n_items > 2 else 1  # one full round, then one item: split in 4
+    monkeypatch.setattr(pyramid_gluon, "_sm_count", lambda device: programs)
+    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=bn, stages=stages, persistent=True, split=True)
+    assert pyramid_gluon.split_parts(n_items, programs) > 1
+    ref, rlse = pyramid_attention_reference(q, k, v, levels, bq, bk, False, row_scale=extras.get("row_scale"),
+                                            compensation=extras.get("compensation"), return_lse=True)
+    tol = 3e-2 if dtype == torch.bfloat16 else 4e-3
+    assert (out.float() - ref).abs().max().item() < tol
+    fin = torch.isfinite(rlse)
+    assert torch.equal(fin, torch.isfinite(lse))
+    if fin.any():
+        assert (lse[fin] - rlse[fin]).abs().max().item() < 1e-2
+    whole = run_plan_gluon(q, k, v, plan, block_n=bn, stages=stages, persistent=True, split=False)
+    assert (out.float() - whole.float()).abs().max().item() < tol
 
 
 @needs_sm90
