@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_executor import bench, case_names  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
 from spbench.kernels import pool  # noqa: E402
+from spbench.kernels.reference import pool_kv  # noqa: E402
 
 CASES = {  # name: (L, heads, pooled levels)
     "mix32k": (32000, 12, (2, 8)),
@@ -36,6 +37,7 @@ CASES = {  # name: (L, heads, pooled levels)
 def load_pool(path: str):
     spec = importlib.util.spec_from_file_location("pool_before", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -98,6 +100,9 @@ def run_case(name: str, configs: dict[str, tuple[int, int]], before, rounds: int
     if before:
         calls["before"] = lambda: before.build_pyramid(k, v)
     ref = pool.build_pyramid(k, v)
+    for p in (2, 4, 8):  # this checkout's kernel against the PyTorch pooling (fp32 sums, rounded once)
+        torch.testing.assert_close(ref.k[p].float(), pool_kv(k.float(), p)[0], atol=1e-6, rtol=2**-7)
+        torch.testing.assert_close(ref.v[p].float(), pool_kv(v.float(), p)[0], atol=1e-6, rtol=2**-7)
     for side, fn in calls.items():  # every pooling side gives the same pooled rows
         if side != "copy":
             pyr = fn()
