@@ -8,9 +8,10 @@ Sides: one per launch config (``--configs``: ``label=SPBENCH_GLUON_CONFIG-style 
 those fields pinned, the rest default; "default" is always there), each run with this
 checkout's kernel and, with ``--before``, also with the older kernel ("label@before"),
 launched through this checkout's host code (run_plan_gluon with its kernel swapped in),
-so only the kernel differs. ``--legacy`` is for kernels older than the persistent grid
-and Q-in-registers options (the ``Q_REGS`` argument is dropped and the before side runs
-without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
+so only the kernel differs; the older kernel gets its arguments by name, without the ones
+it predates (``Q_REGS``; the last-round split's, whose sides then need no ``--before``).
+``--legacy`` is for kernels older than the persistent grid and Q-in-registers options
+(the before side runs without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
 events, L2 flushed, median), the sides alternating for ``--rounds`` rounds so machine
 drift hits all alike; outputs are compared with the first side. bf16, d=128, batch 1,
 non-causal. JSON to --out.
@@ -29,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_executor import bench, case_names, make_plan, qkv  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
-from spbench.kernels import pyramid_gluon  # noqa: E402
+from spbench.kernels import gluon_attn, pyramid_gluon  # noqa: E402
 from spbench.errors import SpbenchError  # noqa: E402
 from spbench.kernels.pool import build_pyramid  # noqa: E402
 
@@ -57,17 +58,20 @@ def load_kernel(path: str):
 
 
 class _Swapped:
-    """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel."""
+    """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel, its arguments bound by name, so one
+    that predates some (Q_REGS, the last-round split's PartO / PartL / n_whole / PARTS) gets the rest."""
 
-    def __init__(self, kernel, legacy=False):
+    def __init__(self, kernel):
         self.kernel = kernel
-        self.legacy = legacy
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            if self.legacy:
-                kwargs.pop("Q_REGS", None)
-            return self.kernel[grid](*args, **kwargs)
+            current = gluon_attn._gluon_fwd.arg_names
+            named = dict(zip(current, args), **kwargs)
+            if named.get("PARTS", 1) > 1 and "PARTS" not in self.kernel.arg_names:
+                sys.exit("the --before kernel predates the last-round split: compare split sides without --before")
+            # arguments of this checkout's kernel that the older one lacks are dropped; launch options stay
+            return self.kernel[grid](**{k: v for k, v in named.items() if k in self.kernel.arg_names or k not in current})
 
         return launch
 
@@ -76,7 +80,7 @@ def caller(q, k, v, plan, pyr, before_kernel=None, overrides=None, legacy=False)
     overrides = dict(overrides or {})
     if before_kernel is None:
         return lambda: pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, **overrides)
-    swapped = _Swapped(before_kernel, legacy)
+    swapped = _Swapped(before_kernel)
     if legacy:
         overrides.update(persistent=False, q_regs=False)
 
