@@ -404,24 +404,27 @@ if HAVE_GLUON:
             qv = _load_q(Q, nxt, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
             n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, nxt, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
 
-            if PARTS > 1:
-                if parts > 1:
-                    _store_part(acc, l_i, m_i, PartO, PartL, u - n_whole, WG, SUB_M, D, o_layout)
-                else:
-                    _store_out(acc, l_i, m_i, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
-                               WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
+            out, lse2 = _normalised(acc, l_i, m_i, o_layout)
+            if parts > 1:  # a constant 1 (no branch) unless the last round is split
+                _store_part(out, lse2, PartO, PartL, u - n_whole, WG, SUB_M, D, o_layout)
             else:
-                _store_out(acc, l_i, m_i, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+                _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
                            WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
 
     @gluon.jit
-    def _store_out(acc, l_i, m_i, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
-                   WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr,
-                   RETURN_LSE: gl.constexpr, o_layout: gl.constexpr):
-        """Epilogue: normalise, row_scale / compensation, store; rows that saw nothing give zeros."""
+    def _normalised(acc, l_i, m_i, o_layout: gl.constexpr):
+        """The rows' outputs (acc / softmax sum; zeros for rows that saw nothing) and log2-sum-exp (-inf for them)."""
         l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
         seen = l_o > 0.0
-        out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
+        l_safe = gl.where(seen, l_o, 1.0)
+        m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
+        return acc / gl.expand_dims(l_safe, 1), gl.where(seen, m_o + gl.log2(l_safe), float("-inf"))
+
+    @gluon.jit
+    def _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+                   WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr,
+                   RETURN_LSE: gl.constexpr, o_layout: gl.constexpr):
+        """Epilogue: row_scale / compensation, store (the natural-log LSE if asked)."""
         o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         if HAS_SCALE:
             out = out * gl.load(RowScale + row)
@@ -432,22 +435,16 @@ if HAVE_GLUON:
         gl.store(o_ptr + gl.expand_dims(o_rows, 1) * so_l + gl.expand_dims(o_cols, 0), out.to(Out.dtype.element_ty),
                  mask=gl.expand_dims(o_rows < q_len, 1))
         if RETURN_LSE:
-            m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
-            lse = gl.where(seen, (m_o + gl.log2(gl.where(seen, l_o, 1.0))) * 0.6931471805599453, float("-inf"))
-            gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse, mask=o_rows < q_len)
+            gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse2 * 0.6931471805599453, mask=o_rows < q_len)
 
     @gluon.jit
-    def _store_part(acc, l_i, m_i, PartO, PartL, v, WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr,
+    def _store_part(out, lse2, PartO, PartL, v, WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr,
                     o_layout: gl.constexpr):
-        """A split item's part: its normalised rows (fp32) and log2-sum-exp (-inf: saw nothing) for the merge."""
-        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-        seen = l_o > 0.0
-        out = acc / gl.expand_dims(gl.where(seen, l_o, 1.0), 1)
+        """A split item's part: its normalised rows (fp32) and log2-sum-exp for the merge."""
         o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
         p_rows = v.to(gl.int64) * (2 * SUB_M) + WG * SUB_M + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
         gl.store(PartO + gl.expand_dims(p_rows, 1) * D + gl.expand_dims(o_cols, 0), out)
-        m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
-        gl.store(PartL + p_rows, gl.where(seen, m_o + gl.log2(gl.where(seen, l_o, 1.0)), float("-inf")))
+        gl.store(PartL + p_rows, lse2)
 
     @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width", "n_bh", "n_whole"])
     def _gluon_fwd(

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import torch
 
+from spbench.kernels.gluon_attn import BLOCK_M as ITEM_ROWS  # query rows per work item
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
     tl = None
-
-#: query rows per work item (the Gluon kernel's BLOCK_M)
-ITEM_ROWS = 128
 
 if triton is not None:
 
