@@ -405,7 +405,12 @@ if HAVE_GLUON:
             n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, nxt, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
 
             out, lse2 = _normalised(acc, l_i, m_i, o_layout)
-            if parts > 1:  # a constant 1 (no branch) unless the last round is split
+            # The constexpr test comes first: a runtime branch on the constant parts = 1 makes triton 3.6's
+            # ConvertTritonGPUToLLVM fail an assertion (triton 3.7 compiles it).
+            if PARTS == 1:
+                _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+                           WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
+            elif parts > 1:
                 _store_part(out, lse2, PartO, PartL, u - n_whole, WG, SUB_M, D, o_layout)
             else:
                 _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
