@@ -52,7 +52,10 @@ def _records(run: Path) -> list[dict]:
 
 def _spawn(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-c", CLI, str(TESTS), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a shell that runs the tests in the background hands it down
+    # ignored, and Python then never raises KeyboardInterrupt (the Ctrl-C test would see the sweep finish)
+    return subprocess.Popen([sys.executable, "-c", CLI, str(TESTS), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
