@@ -10,7 +10,8 @@ at a small shape into Triton's cache), ``time32`` (32k x 12 heads:
 dense bk64/bk128, binary 0.10, the pyramid mix 1:0.10,2:0.05,8:0.20 with
 the pyramid prebuilt, a per-level cost table at 40% of the blocks and the
 marginal cost of a level-p block, 40% minus 20%, which cancels per-call constants) and
-``time110`` (110k x 40 heads: dense, binary 0.10). bf16, d=128, batch 1, non-causal; CUDA events, L2 flushed, median.
+``time110`` (110k x 40 heads: dense, binary 0.10); ``levels`` (not in the default phases) is only the level-cost
+table with run_plan_gluon's own config at block_kv 64 and 128. bf16, d=128, batch 1, non-causal; CUDA events, L2 flushed, median.
 Results (ms, TFLOP/s, ratio vs the fastest SDPA backend and vs the Triton
 kernel) go to one JSON file.
 """
@@ -288,37 +289,65 @@ def phase_time(long: bool):
         rec[name] = row
         del plan
     if not long:
-        # per-level cost: 40% of each row's blocks at one level (x p: 1.0 = perfectly proportional)
+        rec.update(level_costs(q, k, v, pyr, H, L, reps, bks=(64,), variants=GLUON_VARIANTS))
+    return rec
+
+
+def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=()):
+    """The cost of a level-p block relative to a level-1 block, x p (1.0 = proportional; the issue's bound is 1.3).
+
+    Whole calls: 40% of each row's blocks at one level, pyramid prebuilt (``level_cost_bk{bk}``; Triton kernel,
+    run_plan_gluon's own config and each of ``variants``). Marginal: time at 40% minus time at 20% of the blocks,
+    per block, run_plan_gluon's own config (``level_marginal_cost_bk{bk}``); the per-call constants (launch,
+    per-item prologue and epilogue) cancel.
+    """
+    from bench_executor import bench, make_plan  # noqa: PLC0415
+
+    from spbench.kernels import tuning  # noqa: PLC0415
+    from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: PLC0415
+    from spbench.kernels.pyramid_triton import run_plan  # noqa: PLC0415
+
+    rec = {}
+    for bk in bks:
         cost = {"triton_config": TRITON_CFG["32k_level"]}
+        slope = {}
         for p in (1, 2, 4, 8):
-            plan = make_plan(1, H, L, L, 128, 64, {p: 0.4})
+            plan = make_plan(1, H, L, L, 128, bk, {p: 0.4})
             tuning.pin_config(TRITON_CFG["32k_level"])
             try:
                 t_tri = bench(lambda: run_plan(q, k, v, plan, pyramid=pyr, kernel="triton"), reps)[0]
             finally:
                 tuning.pin_config(None)
             cost[p] = {"triton_ms": t_tri, "gluon_auto_ms": bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]}
-            for var in GLUON_VARIANTS:
-                label = variant_label(var)
-                cost[p][label + "_ms"] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
+            for var in variants:
+                cost[p][variant_label(var) + "_ms"] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var), reps)[0]
+            plan = make_plan(1, H, L, L, 128, bk, {p: 0.2})
+            ms_20 = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]
+            slope[p] = {"ms_20": ms_20, "ms_40": cost[p]["gluon_auto_ms"], "ms_per_1pct": (cost[p]["gluon_auto_ms"] - ms_20) / 20}
         for p in (1, 2, 4, 8):
             for key in [x for x in cost[p] if x.endswith("_ms")]:
                 cost[p][key[:-3] + "_x_p"] = cost[p][key] / cost[1][key] * p
-        rec["level_cost_bk64"] = cost
-        # marginal cost of one more block of level p (run_plan_gluon's own config): time at 40% minus time at
-        # 20% of each row's blocks, per block; the per-call constants (launch, prologue, epilogue) cancel
-        slope = {}
-        for p in (1, 2, 4, 8):
-            ms = {}
-            for frac in (0.2, 0.4):
-                plan = make_plan(1, H, L, L, 128, 64, {p: frac})
-                ms[frac] = bench(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr), reps)[0]
-            slope[p] = {"ms_20": ms[0.2], "ms_40": ms[0.4], "ms_per_1pct": (ms[0.4] - ms[0.2]) / 20}
-        for p in (1, 2, 4, 8):
             slope[p]["x_p"] = slope[p]["ms_per_1pct"] / slope[1]["ms_per_1pct"] * p
-        rec["level_marginal_cost_bk64"] = slope
-        print(f"{tag} level marginal cost: {json.dumps(slope)}", flush=True)
-        print(f"{tag} level cost: {json.dumps(cost)}", flush=True)
+        rec[f"level_cost_bk{bk}"] = cost
+        rec[f"level_marginal_cost_bk{bk}"] = slope
+        print(f"L={L} bk={bk} level cost x p (whole call, gluon auto): "
+              + ", ".join(f"p{p} {cost[p]['gluon_auto_x_p']:.3f}" for p in (1, 2, 4, 8))
+              + "; marginal: " + ", ".join(f"p{p} {slope[p]['x_p']:.3f}" for p in (1, 2, 4, 8)) + " [target <= 1.3]", flush=True)
+    return rec
+
+
+def phase_levels():
+    """Only the level-cost table, run_plan_gluon's own config, block_kv 64 and 128, at 32k x 12 (bf16, d128)."""
+    from bench_executor import qkv  # noqa: PLC0415
+
+    from spbench.kernels.pool import build_pyramid  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    L, H = 32768, 12
+    q, k, v = qkv(1, H, H, L, L, 128, torch.bfloat16)
+    rec = {"shape": dict(L=L, H=H, D=128, dtype="bfloat16", batch=1, causal=False)}
+    rec.update(level_costs(q, k, v, build_pyramid(k, v), H, L, 15))
     return rec
 
 
@@ -333,7 +362,8 @@ def main():
     ap.add_argument("--time-timeout", type=float, default=100)
     args = ap.parse_args()
     if args.phase:
-        res = phase_prep(args.workers) if args.phase == "prep" else phase_time(args.phase == "time110")
+        run = {"prep": lambda: phase_prep(args.workers), "levels": phase_levels}.get(args.phase, lambda: phase_time(args.phase == "time110"))
+        res = run()
         print("RESULT-JSON " + json.dumps(res, default=str), flush=True)
         return
 
