@@ -97,7 +97,7 @@ copy) 3 stages gave wrong results / illegal addresses with pooled levels
 tile's indices as one vector they pass every GPU check (cause of the old
 failure not pinned down).
 
-Last-round split (``split=1``, off by default until timed on a GPU): a
+Last-round split (``split=1``, off by default: slower when timed): a
 persistent grid of G programs over N items runs ceil(N / G) rounds, the
 last with only N % G items (32k x 12 heads on 132 SMs: 23 full rounds and
 36 items, ~3% of the call idle). With the split each of those items' tiles
@@ -105,7 +105,14 @@ is cut into up to 4 consecutive ranges run by different programs; each part
 stores its normalised rows and log2-sum-exp, and a small Triton kernel
 (:mod:`spbench.kernels.merge_parts`) merges them and applies the epilogue.
 The unsplit kernel is the same code (PARTS = 1 compiles the unit logic out;
-sm_90 SASS: the same instructions).
+sm_90 SASS: the same instructions). Timed on H200 (session 16, same process, graph replays,
+results/reference/gluon-s16/): 0.955x on the mix at 32000 x 12 (3000 items: its last round already holds
+96 of 132), 0.945x at 32768, 0.97x binary, 0.99x dense, so it stays off.
+
+Small pooled entries (8 or 16 rows) take two TMA boxes each (a 128-byte swizzle caps a box at 64
+columns): 32 per operand for a 128-row tile of level 8 at block_kv 64. Loading them by cp.async instead
+(the loader waits for its copies, fences them for the wgmma and arrives) was correct but 0.58x on level 8,
+0.85x on the mix (session 16; patch in results/reference/gluon-s16/), so TMA stays.
 
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
@@ -154,8 +161,8 @@ DEFAULT_BLOCK_N = 128
 LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
-#: split the items of a persistent grid's short last round (:func:`split_parts`) when not pinned: off until it
-#: is timed on a GPU (written in session 15 without one; GPU tests in tests/test_pyramid_gluon.py)
+#: split the items of a persistent grid's short last round (:func:`split_parts`) when not pinned: off, it was
+#: 1-5% slower on H200 (module docstring)
 DEFAULT_SPLIT = False
 #: at most this many parts per split item (each part pays a prologue, an epilogue and its share of the merge)
 MAX_PARTS = 4
