@@ -306,12 +306,12 @@ def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=()):
     from bench_executor import bench, make_plan  # noqa: PLC0415
     from gluon_host_overhead import graph_of  # noqa: PLC0415
 
-    def kernel_ms(fn):
-        return bench(graph_of(fn).replay, reps)[0]
-
     from spbench.kernels import tuning  # noqa: PLC0415
     from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: PLC0415
     from spbench.kernels.pyramid_triton import run_plan  # noqa: PLC0415
+
+    def kernel_ms(fn):
+        return bench(graph_of(fn).replay, reps)[0]
 
     rec = {}
     for bk in bks:

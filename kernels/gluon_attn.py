@@ -406,7 +406,7 @@ if HAVE_GLUON:
 
             out, lse2 = _normalised(acc, l_i, m_i, o_layout)
             # The constexpr test comes first: a runtime branch on the constant parts = 1 makes triton 3.6's
-            # ConvertTritonGPUToLLVM fail an assertion (triton 3.7 compiles it).
+            # ConvertTritonGPUToLLVM fail an assertion (triton 3.8 compiles it).
             if PARTS == 1:
                 _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
                            WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
