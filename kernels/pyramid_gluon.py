@@ -112,7 +112,11 @@ results/reference/gluon-s16/): 0.955x on the mix at 32000 x 12 (3000 items: its 
 Small pooled entries (8 or 16 rows) take two TMA boxes each (a 128-byte swizzle caps a box at 64
 columns): 32 per operand for a 128-row tile of level 8 at block_kv 64. Loading them by cp.async instead
 (the loader waits for its copies, fences them for the wgmma and arrives) was correct but 0.58x on level 8,
-0.85x on the mix (session 16; patch in results/reference/gluon-s16/), so TMA stays.
+0.85x on the mix (session 16; patch in results/reference/gluon-s16/), so TMA stays. Two loader warps per
+operand (each issuing every other entry of a tile) were correct but 0.81x on level 8 and 0.93x on the
+mix, so the issuing warp is not the limit either. A level-8 tile at block_kv 64 costs ~1.3x a level-1
+tile (level cost x p 1.26-1.40 whole call); fewer, larger copies would need a shared-memory layout that
+keeps an entry's two 64-column halves together, which Gluon's NVMMA layouts do not express.
 
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
