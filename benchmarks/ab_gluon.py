@@ -28,7 +28,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_executor import bench, case_names, make_plan, qkv  # noqa: E402
+from bench_executor import bench, case_names, labelled_sides, make_plan, qkv  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
 from spbench.kernels import gluon_attn, pyramid_gluon  # noqa: E402
 from spbench.errors import SpbenchError  # noqa: E402
@@ -113,14 +113,11 @@ def main() -> None:
     if args.before and not os.path.isfile(args.before):
         sys.exit(f"no such file: {args.before}")
     configs = {"default": {}}
-    for side in filter(None, (x.strip() for x in args.configs.split(";"))):
-        label, sep, text = side.partition("=")
-        if not sep:
-            sys.exit(f"--configs side {side!r}: expected label=config")
+    for label, text in labelled_sides(args.configs, "label=config"):
         try:
-            configs[label.strip()] = pyramid_gluon.parse_config(text)
+            configs[label] = pyramid_gluon.parse_config(text)
         except SpbenchError as err:
-            sys.exit(f"--configs side {side!r}: {err}")
+            sys.exit(f"--configs side {label}={text}: {err}")
     before = load_kernel(args.before) if args.before else None
     records = []
     for name in names:

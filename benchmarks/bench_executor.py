@@ -126,6 +126,18 @@ def case_names(text: str, known) -> list[str]:
     return names
 
 
+def labelled_sides(text: str, usage: str) -> list[tuple[str, str]]:
+    """The ``label=value`` sides of a ';'-separated ``--configs`` argument; exits with a one-line message on a
+    side without '=' (``usage`` shows the expected form)."""
+    sides = []
+    for side in filter(None, (x.strip() for x in text.split(";"))):
+        label, sep, value = side.partition("=")
+        if not sep:
+            sys.exit(f"--configs side {side!r}: expected {usage}")
+        sides.append((label.strip(), value))
+    return sides
+
+
 def cfg_of(text):
     from spbench.kernels import tuning
 

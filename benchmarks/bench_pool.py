@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_executor import bench, case_names  # noqa: E402
+from bench_executor import bench, case_names, labelled_sides  # noqa: E402
 from gluon_host_overhead import graph_of  # noqa: E402
 from spbench.kernels import pool  # noqa: E402
 from spbench.kernels.reference import pool_kv  # noqa: E402
@@ -57,13 +57,13 @@ def with_config(groups: int, warps: int, fn):
 
 
 def parse_configs(text: str) -> dict[str, tuple[int, int]]:
+    usage = "label=groups,warps (e.g. g8w8=8,8)"
     configs = {}
-    for side in filter(None, (x.strip() for x in text.split(";"))):
-        label, sep, value = side.partition("=")
+    for label, value in labelled_sides(text, usage):
         groups, _, warps = value.partition(",")
-        if not sep or not groups.strip().isdigit() or not warps.strip().isdigit():
-            sys.exit(f"--configs side {side!r}: expected label=groups,warps (e.g. g8w8=8,8)")
-        configs[label.strip()] = (int(groups), int(warps))
+        if not groups.strip().isdigit() or not warps.strip().isdigit():
+            sys.exit(f"--configs side {label}={value}: expected {usage}")
+        configs[label] = (int(groups), int(warps))
     return configs
 
 

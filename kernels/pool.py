@@ -146,17 +146,18 @@ def _pool_kv(k: torch.Tensor, v: torch.Tensor, levels: tuple[int, ...]) -> tuple
     bsz, heads, length, dim = k.shape
     if dim & (dim - 1) or dim < 16:
         raise SpbenchError(f"the pyramid kernel needs a power-of-two head dim >= 16, got {dim}")
-    bufs = {p: torch.empty(2, bsz, heads, pooled_length(length, p), dim, dtype=k.dtype, device=k.device) for p in levels}
+    lens = {p: pooled_length(length, p) for p in POOL_LEVELS}
+    bufs = {p: torch.empty(2, bsz, heads, lens[p], dim, dtype=k.dtype, device=k.device) for p in levels}
     ptr = {p: bufs.get(p, k) for p in POOL_LEVELS}  # an unstored level's pointer is never written
-    per_kv = {p: bsz * heads * pooled_length(length, p) * dim for p in POOL_LEVELS}
+    per_head = {p: lens[p] * dim for p in POOL_LEVELS}  # elements of one (batch, head) slab
     groups = max(1, POOL_GROUPS * 128 // dim)
-    grid = (triton.cdiv(pooled_length(length, 8), groups), bsz * heads, 2)
+    grid = (triton.cdiv(lens[8], groups), bsz * heads, 2)
     _pool_kernel[grid](
         k, v, ptr[2], ptr[4], ptr[8],
-        heads, length, pooled_length(length, 2), pooled_length(length, 4), pooled_length(length, 8),
+        heads, length, lens[2], lens[4], lens[8],
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        per_kv[2], per_kv[4], per_kv[8],
-        pooled_length(length, 2) * dim, pooled_length(length, 4) * dim, pooled_length(length, 8) * dim,
+        bsz * heads * per_head[2], bsz * heads * per_head[4], bsz * heads * per_head[8],  # K's half to V's
+        per_head[2], per_head[4], per_head[8],
         D=dim, G=groups, W2=2 in levels, W4=4 in levels, W8=8 in levels, num_warps=POOL_WARPS,
     )
     return {p: bufs[p][0] for p in levels}, {p: bufs[p][1] for p in levels}
