@@ -9,7 +9,8 @@ those fields pinned, the rest default; "default" is always there), each run with
 checkout's kernel and, with ``--before``, also with the older kernel ("label@before"),
 launched through this checkout's host code (run_plan_gluon with its kernel swapped in),
 so only the kernel differs; the older kernel gets its arguments by name, without the ones
-it predates (``Q_REGS``; the last-round split's, whose sides then need no ``--before``).
+it predates (``Q_REGS``, ``ILV8``: its sides run with interleaved tiles off; a session 15-16 kernel gets its
+last-round split's arguments, switched off).
 ``--legacy`` is for kernels older than the persistent grid and Q-in-registers options
 (the before side runs without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
 events, L2 flushed, median), the sides alternating for ``--rounds`` rounds so machine
@@ -64,7 +65,8 @@ def load_kernel(path: str):
 
 class _Swapped:
     """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel, its arguments bound by name, so one
-    that predates some (Q_REGS, the last-round split's PartO / PartL / n_whole / PARTS) gets the rest."""
+    that predates some (Q_REGS, ILV8) gets the rest, and one from sessions 15-16 (which had the last-round
+    split) gets that feature's arguments, switched off."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -73,8 +75,11 @@ class _Swapped:
         def launch(*args, **kwargs):
             current = gluon_attn._gluon_fwd.arg_names
             named = dict(zip(current, args), **kwargs)
-            if named.get("PARTS", 1) > 1 and "PARTS" not in self.kernel.arg_names:
-                sys.exit("the --before kernel predates the last-round split: compare split sides without --before")
+            if named.get("ILV8"):
+                sys.exit("interleaved tiles with an older kernel: the before side must run with ilv off")
+            if "PARTS" in self.kernel.arg_names:  # split off: every item whole, the part buffers never written
+                n_items = -(-named["q_len"] // gluon_attn.BLOCK_M) * named["n_bh"]
+                named.update(PartO=named["Lse"], PartL=named["Lse"], n_whole=n_items, PARTS=1)
             # arguments of this checkout's kernel that the older one lacks are dropped; launch options stay
             return self.kernel[grid](**{k: v for k, v in named.items() if k in self.kernel.arg_names or k not in current})
 
@@ -86,6 +91,7 @@ def caller(q, k, v, plan, pyr, before_kernel=None, overrides=None, legacy=False)
     if before_kernel is None:
         return lambda: pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, **overrides)
     swapped = _Swapped(before_kernel)
+    overrides["ilv"] = False  # older kernels read every tile as NVMMA
     if legacy:
         overrides.update(persistent=False, q_regs=False)
 

@@ -28,7 +28,31 @@ LOADER_REGS = 32
 MAXNREG = 168  # 12 warps x 32 threads x 168 <= 64K registers
 
 
+def _interleaved_bases(rows: int, d: int) -> list[list[int]]:
+    """Offset bases (element offset bit -> (row, col)) of a [rows, d] 16-bit tile stored as 8-row groups, each
+    group its ``d // 64`` 64-column halves one after the other ([group, half, 8, 64]), with the 128-byte swizzle
+    inside each 8 x 64 atom (the 16-byte chunk index XOR the row within the group). NVMMA's own layout keeps a
+    half's rows together instead ([half, rows, 64]); this one lets one TMA box of [halves, 8, 64] fill a whole
+    8-row entry. wgmma reads it with a stride of ``d // 64`` KB between 8-row groups."""
+    bases = [[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [0, 32], [1, 8], [2, 16], [4, 32]]
+    bases += [[0, h] for h in (64, 128) if h < d]
+    bases += [[r, 0] for r in (8, 16, 32, 64, 128) if r < rows]
+    return bases
+
+
 if HAVE_GLUON:
+
+    _interleaved_bases = gluon.constexpr_function(_interleaved_bases)
+
+    @gluon.constexpr_function
+    def interleaved_layout(rows, d):
+        """The ring's shared layout for wgmma when its tiles are interleaved (:func:`_interleaved_bases`)."""
+        return gl.SharedLinearLayout(offset_bases=_interleaved_bases(rows, d))
+
+    @gluon.constexpr_function
+    def entry_layout(dtype):
+        """Shared layout of an interleaved load's TMA box, [1, groups, halves, 8, 64] (128-byte swizzle)."""
+        return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=5)
 
     @gluon.jit
     def _tile_rows(idx_ptr, n, tl, R: gl.constexpr, BLOCK_N: gl.constexpr, LR: gl.constexpr):
@@ -50,34 +74,41 @@ if HAVE_GLUON:
         return blk * R + g % R
 
     @gluon.jit
-    def _load_tile(desc, bufs, ready, empty, rows, t, row0, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
-        """TMA-load tile t (ring slot t % STAGES) from the rows of :func:`_tile_rows`, once both consumers freed the slot."""
-        LR: gl.constexpr = desc.block_type.shape[0]
+    def _load_tile(desc, bufs, ready, empty, rows, t, head, head_len, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+        """TMA-load tile t (ring slot t % STAGES) from the rows of :func:`_tile_rows` (rows of KV head ``head``,
+        whose slab is ``head_len`` rows), once both consumers freed the slot.
+
+        A rank-5 descriptor ([heads, groups, halves, 8, 64], boxes of [1, LR / 8, halves, 8, 64]) loads an
+        interleaved ring (:func:`_interleaved_bases`): one box per load fills its rows' 8-row groups with both
+        64-column halves each, through the ring's [loads, 1, LR / 8, halves, 8, 64] view."""
+        ILV: gl.constexpr = len(desc.block_type.shape) == 5
+        LR: gl.constexpr = desc.block_type.shape[1] * 8 if ILV else desc.block_type.shape[0]
         NL: gl.constexpr = BLOCK_N // LR
         slot = t % STAGES
         mbarrier.wait(empty.index(slot), ((t // STAGES) & 1) ^ 1)
         mbarrier.expect(ready.index(slot), desc.block_type.nbytes * NL)
         j = gl.arange(0, NL, layout=rows.type.layout)
-        for i in gl.static_range(NL):
-            r = gl.max(gl.where(j == i, rows, 0), axis=0)  # entry i, as a scalar (rows are >= 0)
-            tma.async_copy_global_to_shared(desc, [row0 + r, 0], ready.index(slot), bufs.index(slot).slice(i * LR, LR))
+        if ILV:
+            loads = bufs._reinterpret(bufs.dtype, [STAGES * NL, 1, LR // 8, desc.block_type.shape[2], 8, 64],
+                                      entry_layout(bufs.dtype))
+            for i in gl.static_range(NL):
+                r = gl.max(gl.where(j == i, rows, 0), axis=0)  # load i's first row, as a scalar (rows are >= 0)
+                tma.async_copy_global_to_shared(desc, [head, r // 8, 0, 0, 0], ready.index(slot), loads.index(slot * NL + i))
+        else:
+            for i in gl.static_range(NL):
+                r = gl.max(gl.where(j == i, rows, 0), axis=0)
+                tma.async_copy_global_to_shared(desc, [head * head_len + r, 0], ready.index(slot), bufs.index(slot).slice(i * LR, LR))
 
     @gluon.jit
-    def _load_level(desc, bufs, ready, empty, idx_ptr, n, c_lo, c_hi, t_lo, t_hi, t0, row0,
-                    R: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, PARTS: gl.constexpr):
-        """The tiles of one level (item tiles [c_lo, c_hi)) that fall in the unit's tile range [t_lo, t_hi)
-        (all of them when no item is split)."""
-        LR: gl.constexpr = desc.block_type.shape[0]
-        if PARTS == 1:
-            lo = 0
-            hi = c_hi - c_lo
-        else:
-            lo = gl.minimum(gl.maximum(t_lo - c_lo, 0), c_hi - c_lo)
-            hi = gl.minimum(gl.maximum(t_hi - c_lo, lo), c_hi - c_lo)
-        for tl in range(lo, hi):
+    def _load_level(desc, bufs, ready, empty, idx_ptr, n, t0, head, head_len, R: gl.constexpr, BLOCK_N: gl.constexpr,
+                    STAGES: gl.constexpr):
+        """The tiles of one level (n entries of R rows), ring positions from t0 on; returns the next position."""
+        LR: gl.constexpr = desc.block_type.shape[1] * 8 if len(desc.block_type.shape) == 5 else desc.block_type.shape[0]
+        tiles = _tiles(n, R, BLOCK_N)
+        for tl in range(0, tiles):
             rows = _tile_rows(idx_ptr, n, tl, R, BLOCK_N, LR)  # issued before the wait for a free slot, which hides it
-            _load_tile(desc, bufs, ready, empty, rows, t0 + tl - lo, row0, BLOCK_N, STAGES)
-        return t0 + hi - lo
+            _load_tile(desc, bufs, ready, empty, rows, t0 + tl, head, head_len, BLOCK_N, STAGES)
+        return t0 + tiles
 
     @gluon.jit
     def _item(item, n_m, num_heads, group, num_qb, BLOCK_Q: gl.constexpr):
@@ -90,34 +121,6 @@ if HAVE_GLUON:
         q_start = pid_m * 128  # BLOCK_M
         row = bh.to(gl.int64) * num_qb + q_start // BLOCK_Q
         return b, h, bh, kvh, q_start, row
-
-    @gluon.jit
-    def _unit(u, n_whole, PARTS: gl.constexpr):
-        """Work unit -> (item, part, parts): units below ``n_whole`` are whole items; past them each of the last
-        items is split into PARTS parts (consecutive units), whose tile ranges split the item's tiles."""
-        if PARTS == 1:
-            return u, 0, 1
-        else:
-            split = u >= n_whole
-            v = gl.maximum(u - n_whole, 0)
-            return gl.where(split, n_whole + v // PARTS, u), gl.where(split, v % PARTS, 0), gl.where(split, PARTS, 1)
-
-    @gluon.jit
-    def _part_range(part, parts, total, PARTS: gl.constexpr):
-        """Tiles [t0, t1) of part ``part`` of ``parts`` of an item of ``total`` tiles (t0 a constant 0 when no
-        item is split, so that kernel is the one without splitting)."""
-        if PARTS == 1:
-            return 0, total
-        else:
-            return part * total // parts, (part + 1) * total // parts
-
-    @gluon.jit
-    def _first_local(t_lo, lvl, c1, c2, c3, PARTS: gl.constexpr):
-        """Level-local index of a unit's first tile (0 for a whole item: its tile 0 starts its first level)."""
-        if PARTS == 1:
-            return 0
-        else:
-            return t_lo - _pick(lvl, 0, c1, c2, c3)
 
     @gluon.jit
     def _counts(Count, item, n_items, n_m, num_heads, group, num_qb, BLOCK_Q: gl.constexpr):
@@ -162,16 +165,14 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _loader(x1, x2, x4, x8, bufs, ready, empty, Idx, Count,
-                first, step, n_units, n_whole, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
-                BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr,
-                PARTS: gl.constexpr):
+                first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr):
         """1 warp, one operand (K or V: each has its own loader, which doubles the copy-issue rate that
         pooled tiles of many small entries need): for each work item, walks levels 1, 2, 4, 8 in the
         schedule's order; one tile counter over all items drives the ring, so the next item's tiles
-        load while the consumers finish this one. A split item's unit loads only its part's tiles."""
+        load while the consumers finish this one."""
         t = 0
-        for u in range(first, n_units, step):
-            item, part, parts = _unit(u, n_whole, PARTS)
+        for item in range(first, n_items, step):
             b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
             idx_row = Idx + row * width
             cnt = Count + row * 8
@@ -179,23 +180,14 @@ if HAVE_GLUON:
             n2 = gl.load(cnt + 1)
             n4 = gl.load(cnt + 2)
             n8 = gl.load(cnt + 3)
-            c1 = _tiles(n1, BLOCK_KV, BLOCK_N)
-            c2 = c1 + _tiles(n2, BLOCK_KV // 2, BLOCK_N)
-            c3 = c2 + _tiles(n4, BLOCK_KV // 4, BLOCK_N)
-            c4 = c3 + _tiles(n8, BLOCK_KV // 8, BLOCK_N)
-            t_lo, t_hi = _part_range(part, parts, c4, PARTS)
             if LEVEL_MASK & 1:
-                t = _load_level(x1, bufs, ready, empty, idx_row, n1, 0, c1, t_lo, t_hi, t, kvh * kv_len,
-                                BLOCK_KV, BLOCK_N, STAGES, PARTS)
+                t = _load_level(x1, bufs, ready, empty, idx_row, n1, t, kvh, kv_len, BLOCK_KV, BLOCK_N, STAGES)
             if LEVEL_MASK & 2:
-                t = _load_level(x2, bufs, ready, empty, idx_row + n1, n2, c1, c2, t_lo, t_hi, t, kvh * len2,
-                                BLOCK_KV // 2, BLOCK_N, STAGES, PARTS)
+                t = _load_level(x2, bufs, ready, empty, idx_row + n1, n2, t, kvh, len2, BLOCK_KV // 2, BLOCK_N, STAGES)
             if LEVEL_MASK & 4:
-                t = _load_level(x4, bufs, ready, empty, idx_row + n1 + n2, n4, c2, c3, t_lo, t_hi, t, kvh * len4,
-                                BLOCK_KV // 4, BLOCK_N, STAGES, PARTS)
+                t = _load_level(x4, bufs, ready, empty, idx_row + n1 + n2, n4, t, kvh, len4, BLOCK_KV // 4, BLOCK_N, STAGES)
             if LEVEL_MASK & 8:
-                t = _load_level(x8, bufs, ready, empty, idx_row + n1 + n2 + n4, n8, c3, c4, t_lo, t_hi, t, kvh * len8,
-                                BLOCK_KV // 8, BLOCK_N, STAGES, PARTS)
+                t = _load_level(x8, bufs, ready, empty, idx_row + n1 + n2 + n4, n8, t, kvh, len8, BLOCK_KV // 8, BLOCK_N, STAGES)
 
     @gluon.jit
     def _pick(lvl, a0, a1, a2, a3):
@@ -287,28 +279,70 @@ if HAVE_GLUON:
         return gl.load(q_ptr + gl.expand_dims(q_rows, 1) * sq_l + gl.expand_dims(q_cols, 0), mask=gl.expand_dims(ok, 1), other=0.0)
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, PartO, PartL, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                  first, step, n_items, n_units, n_whole, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+    def _tile(t, pos, c1, c2, c3, e1, e2, e4, e8, tails, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs,
+              k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale, idx_row,
+              COLD_CUT: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr, STAGES: gl.constexpr,
+              s_layout: gl.constexpr, o_layout: gl.constexpr, p_layout: gl.constexpr):
+        """Item tile t >= 1 (ring position pos) through the :func:`_step` copy its masking needs."""
+        lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
+        valid = _valid_cols(t, lvl, e1, e2, e4, e8, tails, BLOCK_N)
+        if valid == 255:
+            acc, p_op, m_i, l_i = _step(pos, lvl, t - _pick(lvl, 0, c1, c2, c3), valid, acc, p_op, m_i, l_i, q_a, zero_s,
+                                        k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
+                                        idx_row, True, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+        elif COLD_CUT:
+            if valid < BLOCK_N:
+                acc, p_op, m_i, l_i = _step(pos, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty,
+                                            v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale, idx_row, False, True, BLOCK_N,
+                                            BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+            else:
+                acc, p_op, m_i, l_i = _step(pos, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty,
+                                            v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale, idx_row, False, False, BLOCK_N,
+                                            BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+        else:
+            acc, p_op, m_i, l_i = _step(pos, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s, k_bufs, v_bufs, k_ready, k_empty,
+                                        v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale, idx_row, False, True, BLOCK_N,
+                                        BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+        return acc, p_op, m_i, l_i
+
+    @gluon.jit
+    def _first_scores(q_a, k_bufs, zero_s, k_ready, k_empty, pos, STAGES: gl.constexpr):
+        """S = Q K^T of an item's tile 0 (ring position pos), waited for: there is no previous P to multiply yet."""
+        slot = pos % STAGES
+        mbarrier.wait(k_ready.index(slot), (pos // STAGES) & 1)
+        tok = warpgroup_mma(q_a, k_bufs.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=[tok])
+        mbarrier.arrive(k_empty.index(slot), count=1)
+        return s
+
+    @gluon.jit
+    def _last_pv(p_op, acc, v_bufs, v_ready, v_empty, pos, STAGES: gl.constexpr):
+        """O += P V of an item's last tile (ring position pos), waited for."""
+        slot = pos % STAGES
+        mbarrier.wait(v_ready.index(slot), (pos // STAGES) & 1)
+        o_tok = warpgroup_mma(p_op, v_bufs.index(slot), acc, is_async=True)
+        acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+        mbarrier.arrive(v_empty.index(slot), count=1)
+        return acc
+
+    @gluon.jit
+    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                   sq_b, sq_h, sq_l, so_b, so_h, so_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
                   D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-                  Q_REGS: gl.constexpr, LEVEL_MASK: gl.constexpr, PARTS: gl.constexpr):
+                  Q_REGS: gl.constexpr, LEVEL_MASK: gl.constexpr):
         """One warpgroup: softmax(Q K^T) V for its 64 query rows of each work item, over every tile of every level.
 
         Tiles are numbered across levels (the loader's order); tile t of an
         item is of level rank lvl, local tile tl, and ring position
-        ``base + t - t_lo`` (t_lo: the unit's first tile, 0 for a whole item;
-        the ring runs on across units). Clean tiles add
+        ``base + t`` (the ring runs on across items). Clean tiles add
         log2(p) = lvl to the row max and the shift (no per-element cost); so
         do a level's partly filled last tiles after their tail cut; the
         ragged last KV block's tiles go through :func:`_masked`. The next item's Q rows are loaded
         into registers before this item's epilogue, so their latency overlaps
-        the output store, and so are its schedule counts.
-
-        With PARTS > 1 the last items are split (:func:`_unit`): such a unit
-        runs its part's tiles, the first one like an item's tile 0, and stores
-        its normalised rows (fp32) and log2-sum-exp to PartO / PartL for the
-        merge kernel (:mod:`spbench.kernels.merge_parts`).
+        the output store, and so are its schedule counts. ``k_bufs`` / ``v_bufs``
+        are the rings in the layout the loaders fill (NVMMA, or interleaved).
         """
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
@@ -323,8 +357,7 @@ if HAVE_GLUON:
         base = 0
         qv = _load_q(Q, first, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
         n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, first, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
-        for u in range(first, n_units, step):
-            item, part, parts = _unit(u, n_whole, PARTS)
+        for item in range(first, n_items, step):
             b, h, bh, kvh, q_start, row = _item(item, n_m, num_heads, group, num_qb, BLOCK_Q)
             idx_row = Idx + row * width
             cnt = Count + row * 8
@@ -345,27 +378,18 @@ if HAVE_GLUON:
             e4 = c2 + (k2 * (BLOCK_KV // 4)) // BLOCK_N
             e8 = c3 + (k3 * (BLOCK_KV // 8)) // BLOCK_N
             tails = _tails(n0, n1, n2, n3, k0, k1, k2, k3, BLOCK_KV, BLOCK_N)
-            t_lo, t_hi = _part_range(part, parts, total, PARTS)
 
             zero_s = gl.zeros([SUB_M, BLOCK_N], gl.float32, s_layout)
             m_i = gl.full([SUB_M], -1.0e30, gl.float32, gl.SliceLayout(1, s_layout))  # finite: an all-masked tile gives p = 0
             l_i = gl.zeros([SUB_M], gl.float32, gl.SliceLayout(1, s_layout))
             acc = gl.zeros([SUB_M, D], gl.float32, o_layout)
-            if t_hi > t_lo:
-                # The unit's first tile (an item's tile 0): S only (there is no previous P to multiply yet).
-                slot0 = base % STAGES
-                mbarrier.wait(k_ready.index(slot0), (base // STAGES) & 1)
-                tok = warpgroup_mma(q_a, k_bufs.index(slot0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-                s = warpgroup_mma_wait(0, deps=[tok])
-                mbarrier.arrive(k_empty.index(slot0), count=1)
-                if PARTS == 1:  # tile 0: the first level with tiles (the same test as below, spelled for t = 0)
-                    lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
-                else:
-                    lvl = (t_lo >= c1).to(gl.int32) + (t_lo >= c2).to(gl.int32) + (t_lo >= c3).to(gl.int32)
+            if total > 0:
+                s = _first_scores(q_a, k_bufs, zero_s, k_ready, k_empty, base, STAGES)  # tile 0: S only
+                lvl = (c1 == 0).to(gl.int32) + (c2 == 0).to(gl.int32) + (c3 == 0).to(gl.int32)
                 shift = lvl.to(gl.float32)
-                valid = _valid_cols(t_lo, lvl, e1, e2, e4, e8, tails, BLOCK_N)
+                valid = _valid_cols(0, lvl, e1, e2, e4, e8, tails, BLOCK_N)
                 if valid == 255:
-                    s = _masked(s, _first_local(t_lo, lvl, c1, c2, c3, PARTS), lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
+                    s = _masked(s, 0, lvl, cnt, kv_len, inv_scale, idx_row, BLOCK_N, BLOCK_KV, s_layout)
                     shift = 0.0
                 else:
                     s = _cut_tail(s, valid, BLOCK_N, s_layout)
@@ -373,48 +397,19 @@ if HAVE_GLUON:
                 p = gl.exp2(s * qk_scale + gl.expand_dims(shift - m_i, 1))
                 l_i = gl.sum(p, 1)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
-                for t in range(t_lo + 1, t_hi):
-                    lvl = (t >= c1).to(gl.int32) + (t >= c2).to(gl.int32) + (t >= c3).to(gl.int32)
-                    valid = _valid_cols(t, lvl, e1, e2, e4, e8, tails, BLOCK_N)
-                    if valid == 255:
-                        acc, p_op, m_i, l_i = _step(base + t - t_lo, lvl, t - _pick(lvl, 0, c1, c2, c3), valid, acc, p_op, m_i, l_i, q_a,
-                                                    zero_s, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale,
-                                                    inv_scale, idx_row, True, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-                    elif COLD_CUT:
-                        if valid < BLOCK_N:
-                            acc, p_op, m_i, l_i = _step(base + t - t_lo, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
-                                                        k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                        idx_row, False, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-                        else:
-                            acc, p_op, m_i, l_i = _step(base + t - t_lo, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
-                                                        k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                        idx_row, False, False, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-                    else:
-                        acc, p_op, m_i, l_i = _step(base + t - t_lo, lvl, 0, valid, acc, p_op, m_i, l_i, q_a, zero_s,
-                                                    k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale, inv_scale,
-                                                    idx_row, False, True, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
-                last = base + t_hi - t_lo - 1
-                mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
-                o_tok = warpgroup_mma(p_op, v_bufs.index(last % STAGES), acc, is_async=True)
-                acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
-                mbarrier.arrive(v_empty.index(last % STAGES), count=1)
-            base += t_hi - t_lo
-            # the next unit's Q and counts (their loads overlap this epilogue; q_smem is free: every wgmma has completed)
-            nxt = _unit(u + step, n_whole, PARTS)[0]
-            qv = _load_q(Q, nxt, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
-            n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, nxt, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
+                for t in range(1, total):
+                    acc, p_op, m_i, l_i = _tile(t, base + t, c1, c2, c3, e1, e2, e4, e8, tails, acc, p_op, m_i, l_i, q_a, zero_s,
+                                                k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty, cnt, kv_len, qk_scale,
+                                                inv_scale, idx_row, COLD_CUT, BLOCK_N, BLOCK_KV, STAGES, s_layout, o_layout, p_layout)
+                acc = _last_pv(p_op, acc, v_bufs, v_ready, v_empty, base + total - 1, STAGES)
+            base += total
+            # the next item's Q and counts (their loads overlap this epilogue; q_smem is free: every wgmma has completed)
+            qv = _load_q(Q, item + step, n_items, n_m, num_heads, q_len, sq_b, sq_h, sq_l, WG, SUB_M, D, q_layout)
+            n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, item + step, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
 
             out, lse2 = _normalised(acc, l_i, m_i, o_layout)
-            # The constexpr test comes first: a runtime branch on the constant parts = 1 makes triton 3.6's
-            # ConvertTritonGPUToLLVM fail an assertion (triton 3.8 compiles it).
-            if PARTS == 1:
-                _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
-                           WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
-            elif parts > 1:
-                _store_part(out, lse2, PartO, PartL, u - n_whole, WG, SUB_M, D, o_layout)
-            else:
-                _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
-                           WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
+            _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+                       WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
 
     @gluon.jit
     def _normalised(acc, l_i, m_i, o_layout: gl.constexpr):
@@ -442,41 +437,38 @@ if HAVE_GLUON:
         if RETURN_LSE:
             gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse2 * 0.6931471805599453, mask=o_rows < q_len)
 
-    @gluon.jit
-    def _store_part(out, lse2, PartO, PartL, v, WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr,
-                    o_layout: gl.constexpr):
-        """A split item's part: its normalised rows (fp32) and log2-sum-exp for the merge."""
-        o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        p_rows = v.to(gl.int64) * (2 * SUB_M) + WG * SUB_M + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
-        gl.store(PartO + gl.expand_dims(p_rows, 1) * D + gl.expand_dims(o_cols, 0), out)
-        gl.store(PartL + p_rows, lse2)
-
-    @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width", "n_bh", "n_whole"])
+    @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width", "n_bh"])
     def _gluon_fwd(
-        Q, k1, v1, k2, v2, k4, v4, k8, v8, Out, Lse, RowScale, Comp, PartO, PartL, Idx, Count,
-        qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width, n_bh, n_whole,
+        Q, k1, v1, k2, v2, k4, v4, k8, v8, Out, Lse, RowScale, Comp, Idx, Count,
+        qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width, n_bh,
         sq_b, sq_h, sq_l, so_b, so_h, so_l,
         BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
         STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
-        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, Q_REGS: gl.constexpr, PARTS: gl.constexpr,
+        CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, Q_REGS: gl.constexpr, ILV: gl.constexpr,
     ):
-        """Work items are (128 query rows, batch*head), query tiles fastest; program i takes units i,
-        i + grid, ... (a grid of one program per item, or a persistent grid of one per SM). Units are the
-        items, except that with PARTS > 1 each item from ``n_whole`` on is split into PARTS units
-        (the last, partial round of a persistent grid, spread over more programs)."""
+        """Work items are (128 query rows, batch*head), query tiles fastest; program i takes items i,
+        i + grid, ... (a grid of one program per item, or a persistent grid of one per SM).
+
+        ILV (head dim 128): the rings hold interleaved tiles (:func:`_interleaved_bases`) and the eight
+        descriptors are rank 5 (:func:`_load_tile`): one TMA box per load instead of one per 64-column half,
+        which halves the copies of every level (a 128-row level-8 tile at block_kv 64: 16 instead of 32).
+        The loaders write the rings through an entry view, the consumers read them through the linear layout."""
         SUB_M: gl.constexpr = 64
         first = gl.program_id(0)
         step = gl.num_programs(0)
         n_m = (q_len + 2 * SUB_M - 1) // (2 * SUB_M)
         n_items = n_m * n_bh
-        n_units = n_whole + (n_items - n_whole) * PARTS
 
         dtype: gl.constexpr = k1.dtype
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUB_M, D], dtype)
         q0 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
         q1 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
-        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], k1.layout)
-        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], v1.layout)
+        if ILV:  # the rings are only ever used through views (_load_tile, k_read / v_read below)
+            ring_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
+        else:
+            ring_layout: gl.constexpr = k1.layout
+        k_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], ring_layout)
+        v_bufs = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, D], ring_layout)
         k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -487,23 +479,29 @@ if HAVE_GLUON:
             mbarrier.init(k_empty.index(i), count=2)  # one arrive per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
         fence_async_shared()
+        if ILV:
+            k_read = k_bufs._reinterpret(dtype, [STAGES, BLOCK_N, D], interleaved_layout(BLOCK_N, D))
+            v_read = v_bufs._reinterpret(dtype, [STAGES, BLOCK_N, D], interleaved_layout(BLOCK_N, D))
+        else:
+            k_read = k_bufs
+            v_read = v_bufs
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, PartO, PartL, Idx, Count, q0, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_units, n_whole, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK, PARTS)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, PartO, PartL, Idx, Count, q1, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_units, n_whole, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
+                         0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
+            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
                          sq_b, sq_h, sq_l, so_b, so_h, so_l,
-                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK, PARTS)),
+                         1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
-                       first, step, n_units, n_whole, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
-                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK, PARTS)),
+                       first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
             (_loader, (v1, v2, v4, v8, v_bufs, v_ready, v_empty, Idx, Count,
-                       first, step, n_units, n_whole, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
-                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK, PARTS)),
+                       first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
+                       BLOCK_Q, BLOCK_KV, BLOCK_N, STAGES, LEVEL_MASK)),
         ], [4, 1, 1], [CONSUMER_REGS, LOADER_REGS, LOADER_REGS])
 
 
@@ -514,7 +512,7 @@ def load_rows(block_kv: int, block_n: int, level: int) -> int:
 
 def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv: int = 64, block_n: int = 128,
                  stages: int = 2, level_mask: int = 1, has_scale: bool = False, has_comp: bool = False,
-                 return_lse: bool = False, index_dtype: str = "i16", q_regs: bool = False, parts: int = 1):
+                 return_lse: bool = False, index_dtype: str = "i16", q_regs: bool = False, ilv: bool = False):
     """Compile the kernel for sm_90 without a GPU; returns triton's CompiledKernel (asm, metadata)."""
     import triton  # noqa: PLC0415
     from triton.backends.compiler import GPUTarget  # noqa: PLC0415
@@ -525,18 +523,21 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
     sig = {"Q": ptr}
     for p in (1, 2, 4, 8):
         rows = load_rows(block_kv, block_n, p)
-        desc = f"tensordesc<{dtype}[{rows},{d}],{gl.NVMMASharedLayout.get_default_for([rows, d], elem)!r}>"
+        if ilv:
+            desc = f"tensordesc<{dtype}[1,{rows // 8},{d // 64},8,64],{entry_layout(elem)!r}>"
+        else:
+            desc = f"tensordesc<{dtype}[{rows},{d}],{gl.NVMMASharedLayout.get_default_for([rows, d], elem)!r}>"
         sig[f"k{p}"] = sig[f"v{p}"] = desc
     sig.update({
-        "Out": ptr, "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32", "PartO": "*fp32", "PartL": "*fp32",
+        "Out": ptr, "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32",
         "Idx": f"*{index_dtype}", "Count": "*i32",
         "qk_scale": "fp32", "q_len": "i32", "kv_len": "i32", "len2": "i32", "len4": "i32", "len8": "i32",
-        "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32", "n_bh": "i32", "n_whole": "i32",
+        "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32", "n_bh": "i32",
         "sq_b": "i64", "sq_h": "i64", "sq_l": "i32", "so_b": "i64", "so_h": "i64", "so_l": "i32",
     })
     consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,
                   HAS_SCALE=has_scale, HAS_COMP=has_comp, RETURN_LSE=return_lse,
-                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs, PARTS=parts)
+                  CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs, ILV=ilv)
     for name in consts:
         sig[name] = "constexpr"
     src = GluonASTSource(_gluon_fwd, sig, consts)

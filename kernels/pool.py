@@ -17,6 +17,7 @@ tensors have K's dtype; the sums are taken in fp32 and rounded once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -141,13 +142,27 @@ if triton is not None:
         tl.store(ptr, (total / m[:, None]).to(out_ptr.dtype.element_ty), mask=(r < LP)[:, None])
 
 
+def _buffer(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An empty [2, B, H, Lp, D] level buffer. When Lp is not a multiple of 8, zeroed rows follow it up to the
+    last head's next 8-row boundary: the Gluon kernel's interleaved tiles load whole 8-row groups, and the last
+    head's last group would otherwise end outside the allocation (a row past a head's end is masked, but
+    0 x NaN is NaN, so those rows must hold numbers)."""
+    n = math.prod(shape)
+    room = (-shape[3]) % 8 * shape[4]
+    if not room:
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    flat = torch.empty(n + room, dtype=like.dtype, device=like.device)
+    flat[n:].zero_()
+    return flat[:n].view(shape)
+
+
 def _pool_kv(k: torch.Tensor, v: torch.Tensor, levels: tuple[int, ...]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """K's and V's pooled ``levels`` in one launch: per level one [2, B, H, Lp, D] buffer, K's half and V's."""
     bsz, heads, length, dim = k.shape
     if dim & (dim - 1) or dim < 16:
         raise SpbenchError(f"the pyramid kernel needs a power-of-two head dim >= 16, got {dim}")
     lens = {p: pooled_length(length, p) for p in POOL_LEVELS}
-    bufs = {p: torch.empty(2, bsz, heads, lens[p], dim, dtype=k.dtype, device=k.device) for p in levels}
+    bufs = {p: _buffer((2, bsz, heads, lens[p], dim), k) for p in levels}
     ptr = {p: bufs.get(p, k) for p in POOL_LEVELS}  # an unstored level's pointer is never written
     per_head = {p: lens[p] * dim for p in POOL_LEVELS}  # elements of one (batch, head) slab
     groups = max(1, POOL_GROUPS * 128 // dim)

@@ -97,26 +97,22 @@ copy) 3 stages gave wrong results / illegal addresses with pooled levels
 tile's indices as one vector they pass every GPU check (cause of the old
 failure not pinned down).
 
-Last-round split (``split=1``, off by default: slower when timed): a
-persistent grid of G programs over N items runs ceil(N / G) rounds, the
-last with only N % G items (32k x 12 heads on 132 SMs: 23 full rounds and
-36 items, ~3% of the call idle). With the split each of those items' tiles
-is cut into up to 4 consecutive ranges run by different programs; each part
-stores its normalised rows and log2-sum-exp, and a small Triton kernel
-(:mod:`spbench.kernels.merge_parts`) merges them and applies the epilogue.
-The unsplit kernel is the same code (PARTS = 1 compiles the unit logic out;
-sm_90 SASS: the same instructions). Timed on H200 (session 16, same process, graph replays,
-results/reference/gluon-s16/): 0.955x on the mix at 32000 x 12 (3000 items: its last round already holds
-96 of 132), 0.945x at 32768, 0.97x binary, 0.99x dense, so it stays off.
+A last-round split (a persistent grid's short last round cut into up to 4 tile ranges per item, merged
+by a small kernel) was built in session 15 and timed in session 16 (H200, same process, graph replays):
+0.955x on the mix at 32000 x 12, 0.945x at 32768, 0.97x binary, 0.99x dense. It was removed in session 17;
+the code is in git history (``kernels/merge_parts.py`` before that session).
 
-Small pooled entries (8 or 16 rows) take two TMA boxes each (a 128-byte swizzle caps a box at 64
-columns): 32 per operand for a 128-row tile of level 8 at block_kv 64. Loading them by cp.async instead
-(the loader waits for its copies, fences them for the wgmma and arrives) was correct but 0.58x on level 8,
-0.85x on the mix (session 16; patch in results/reference/gluon-s16/), so TMA stays. Two loader warps per
-operand (each issuing every other entry of a tile) were correct but 0.81x on level 8 and 0.93x on the
-mix, so the issuing warp is not the limit either. A level-8 tile at block_kv 64 costs ~1.3x a level-1
-tile (level cost x p 1.26-1.40 whole call); fewer, larger copies would need a shared-memory layout that
-keeps an entry's two 64-column halves together, which Gluon's NVMMA layouts do not express.
+Small pooled entries: with head dim 128 an NVMMA tile keeps each 64-column half's rows together (a
+128-byte swizzle caps a TMA box at 64 columns), so an entry takes one box per half: 32 per operand for a
+128-row tile of level 8 at block_kv 64, where a level-8 tile cost ~1.3x a level-1 tile (level cost x p
+1.26-1.40 whole call, session 16). Loading them by cp.async instead was 0.58x on level 8 (session 16;
+patch in results/reference/gluon-s16/); two loader warps per operand 0.81x, so the issuing warp is not
+the limit. Interleaved tiles (``ilv``, on by default, :func:`interleaves`): level-8 entries at block_kv
+64 land in the ring as 8-row groups holding both halves ([group, half, 8, 64], a linear shared layout
+wgmma reads with a 2 KB group stride), each entry one TMA box of [2, 8, 64] through a rank-3 descriptor
+whose half dimension strides 64 elements inside a row; the consumers read level-8 tiles through that
+layout and the others as NVMMA, in separate loops (:func:`spbench.kernels.gluon_attn._consumer`).
+Level 8 only (40% of the blocks, 32k x 12): 0.645 vs 0.703 ms (1.09x, session 17, results/reference/gluon-s17/).
 
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
@@ -138,7 +134,6 @@ import os
 
 from spbench.kernels import tuning
 from spbench.kernels.gluon_attn import BLOCK_M, CONSUMER_REGS, HAVE_GLUON, LOADER_REGS, MAXNREG, load_rows
-from spbench.kernels.merge_parts import merge_parts
 from spbench.plan import LEVELS, Plan
 
 LOG2E = 1.4426950408889634
@@ -151,7 +146,7 @@ if HAVE_GLUON:
 
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
-CONFIG_FIELDS = ("block_n", "stages", "persistent", "q_regs", "split")
+CONFIG_FIELDS = ("block_n", "stages", "persistent", "q_regs", "ilv")
 #: levels ``run_plan``'s auto mode sends here (bit r: level 2**r); see the module docstring
 AUTO_LEVEL_MASK = 0b1111
 #: pipeline depths that passed the GPU checks (see the module docstring for 3)
@@ -165,11 +160,8 @@ DEFAULT_BLOCK_N = 128
 LONG_KV = 65536
 #: pipeline depth per tile height when not pinned (3 stages only tested with 64-row tiles)
 DEFAULT_STAGES = {64: 3, 128: 2}
-#: split the items of a persistent grid's short last round (:func:`split_parts`) when not pinned: off, it was
-#: 1-5% slower on H200 (module docstring)
-DEFAULT_SPLIT = False
-#: at most this many parts per split item (each part pays a prologue, an epilogue and its share of the merge)
-MAX_PARTS = 4
+#: interleaved tiles where the call allows them (:func:`interleaves`) when not pinned (``ilv``)
+DEFAULT_ILV = True
 #: per tile height when not pinned: S = Q K^T with Q in registers (wgmma A operand), so the S wgmma reads only K
 #: from shared memory (with 64-row tiles Q and K together need about the whole shared-memory bandwidth); with
 #: 128-row tiles the consumer would spill (sm_90 compile)
@@ -204,10 +196,10 @@ def parse_config(text: str) -> dict[str, int]:
         name, sep, value = (x.strip() for x in item.partition("="))
         if not sep or name not in CONFIG_FIELDS or not value.isdigit():
             raise SpbenchError(f"malformed {CONFIG_ENV} item {item!r}: expected block_n=64|128, stages=2|3, persistent=0|1, q_regs=0|1 "
-                               "or split=0|1")
+                               "or ilv=0|1")
         fields[name] = int(value)
-    if fields.get("block_n", 64) not in (64, 128) or any(fields.get(f, 0) not in (0, 1) for f in ("persistent", "q_regs", "split")):
-        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent, q_regs and split 0 or 1, got {fields}")
+    if fields.get("block_n", 64) not in (64, 128) or any(fields.get(f, 0) not in (0, 1) for f in ("persistent", "q_regs", "ilv")):
+        raise SpbenchError(f"{CONFIG_ENV}: block_n must be 64 or 128, persistent, q_regs and ilv 0 or 1, got {fields}")
     return fields
 
 
@@ -228,20 +220,18 @@ def tile_defaults(block_n: int, kv_len: int) -> tuple[int, bool, bool]:
     return DEFAULT_STAGES[block_n], block_n == 64 or kv_len < LONG_KV, DEFAULT_Q_REGS[block_n]
 
 
-def split_enabled() -> bool:
-    """Whether a persistent grid splits its short last round (``split`` of ``SPBENCH_GLUON_CONFIG``, else the default)."""
-    return bool(parse_config(os.environ.get(CONFIG_ENV, "")).get("split", DEFAULT_SPLIT))
+def interleave_enabled() -> bool:
+    """Whether tiles load interleaved where they can (``ilv`` of ``SPBENCH_GLUON_CONFIG``, else the default)."""
+    return bool(parse_config(os.environ.get(CONFIG_ENV, "")).get("ilv", DEFAULT_ILV))
 
 
-def split_parts(n_items: int, grid: int) -> int:
-    """Parts per item of the last round of ``n_items`` items on ``grid`` persistent programs: 1 (no split) when
-    the rounds come out even or there is only one, else as many as the idle programs allow, at most MAX_PARTS.
-    E.g. 3072 items (32k x 12 heads) on 132 SMs: 23 full rounds and 36 items, split in 3 (108 programs busy)."""
-    tail = n_items % grid
-    if tail == 0 or n_items < grid:
-        return 1
-    parts = min(MAX_PARTS, grid // tail)
-    return parts if parts >= 2 else 1
+def interleaves(k: torch.Tensor, pooled: list[torch.Tensor], ilv: bool | None = None) -> bool:
+    """Whether a call with keys ``k`` and the plan's ``pooled`` K/V tensors loads interleaved tiles (``ilv``: on /
+    off, None: :func:`interleave_enabled`): head dim 128 (at 64 a row is one box already), a key length that is a
+    multiple of 8 (the last head's last group must not run past K and V: their storage is the caller's), and
+    pooled tensors with room for their last group (the pyramid's own have it)."""
+    wanted = interleave_enabled() if ilv is None else bool(ilv)
+    return wanted and k.shape[-1] == 128 and k.shape[2] % 8 == 0 and all(has_group_room(t) for t in pooled)
 
 
 def check_stages(block_n: int, stages: int) -> None:
@@ -269,6 +259,31 @@ def descriptor(t: torch.Tensor, rows: int):
     return TensorDescriptor.from_tensor(t.view(-1, d), [rows, d], _smem_layout(rows, d, t.dtype))
 
 
+@functools.lru_cache(maxsize=None)
+def _interleaved_box_layout(dtype: torch.dtype):
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=_gl_dtype(dtype).primitive_bitwidth, rank=5)
+
+
+def interleaved_descriptor(t: torch.Tensor, rows: int):
+    """TMA descriptor for interleaved tiles over a contiguous [B, Hkv, L, D] tensor, ``rows`` rows (a multiple
+    of 8) per load: the rows seen as [B*Hkv heads, ceil(L / 8) groups, D / 64 halves, 8, 64] (the half dimension
+    strides 64 elements, inside a row), so one box of [1, rows / 8, halves, 8, 64] lands as the interleaved
+    layout's [group, half, row, col] (:func:`spbench.kernels.gluon_attn._interleaved_bases`). A head's last
+    group may run past its L rows into the next head's (masked) or, for the last head, into the tail room
+    that :func:`has_group_room` checks."""
+    bsz, heads, length, d = t.shape
+    shape = [bsz * heads, -(-length // 8), d // 64, 8, 64]
+    return TensorDescriptor(t, shape, [length * d, 8 * d, 64, d, 1], [1, rows // 8, d // 64, 8, 64], _interleaved_box_layout(t.dtype))
+
+
+def has_group_room(t: torch.Tensor) -> bool:
+    """Whether the storage of contiguous [B, Hkv, L, D] ``t`` reaches the end of its last head's last 8-row group
+    (the pooled pyramid leaves that room, zeroed: :func:`spbench.kernels.pool.build_pyramid`)."""
+    bsz, heads, length, d = t.shape
+    end = t.storage_offset() + ((bsz * heads - 1) * length + -(-length // 8) * 8) * d
+    return t.untyped_storage().nbytes() >= end * t.element_size()
+
+
 def run_plan_gluon(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -282,13 +297,13 @@ def run_plan_gluon(
     stages: int | None = None,
     persistent: bool | None = None,
     q_regs: bool | None = None,
-    split: bool | None = None,
+    ilv: bool | None = None,
 ):
     """Run ``plan`` with the Gluon kernel (see :func:`unsupported` for the supported set).
 
     Arguments as :func:`spbench.kernels.pyramid_triton.run_plan`; ``block_n`` /
-    ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`, ``split``
-    :func:`split_enabled` (only a persistent grid splits).
+    ``stages`` / ``persistent`` / ``q_regs`` override :func:`config`, ``ilv``
+    :func:`interleave_enabled`.
     """
     from spbench.kernels.pyramid_triton import _check, _extra, _store_ok, pyramid_for  # noqa: PLC0415
 
@@ -322,43 +337,35 @@ def run_plan_gluon(
     if lq == 0:
         return (out, lse) if return_lse else out
     mask = sched.level_mask
-    descs = [descriptor(t, load_rows(plan.block_kv, block_n, 1)) for t in (k, v)]
     lens = [(lk + p - 1) // p for p in (2, 4, 8)]
+    levels = {1: (k, v)}
     if mask & ~1:
         pyr = pyramid_for(k, v, plan, pyramid, mask)
-        for p in (2, 4, 8):
-            if p not in pyr.k:  # not in the plan: LEVEL_MASK compiles its loads out
-                descs += descs[:2]
-                continue
-            rows = load_rows(plan.block_kv, block_n, p)
-            descs += [descriptor(pyr.k[p].contiguous(), rows), descriptor(pyr.v[p].contiguous(), rows)]
-    else:
-        descs += descs[:2] * 3  # never read: LEVEL_MASK compiles those loads out
+        levels.update({p: (pyr.k[p].contiguous(), pyr.v[p].contiguous()) for p in (2, 4, 8) if p in pyr.k})
+    interleaved = interleaves(k, [t for p, kv in levels.items() if p > 1 for t in kv], ilv)
+    make = interleaved_descriptor if interleaved else descriptor
+    descs = []
+    for p in (1, 2, 4, 8):  # a level not in the plan repeats level 1's: LEVEL_MASK compiles its loads out
+        rows = load_rows(plan.block_kv, block_n, p)
+        descs += [make(t, rows) for t in levels.get(p, levels[1])]
     n_items = (lq + BLOCK_M - 1) // BLOCK_M * bsz * hq
     grid = (min(n_items, _sm_count(q.device)) if persistent else n_items,)
-    split = split_enabled() if split is None else bool(split)
-    parts = split_parts(n_items, grid[0]) if persistent and split else 1
-    n_whole = n_items - n_items % grid[0] if parts > 1 else n_items
-    n_rows = (n_items - n_whole) * parts * BLOCK_M
-    part_o = torch.empty(n_rows, d, device=q.device, dtype=torch.float32) if parts > 1 else lse
-    part_l = torch.empty(n_rows, device=q.device, dtype=torch.float32) if parts > 1 else lse
     _gluon_fwd[grid](
-        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out, part_o, part_l,
+        q, *descs, out, lse, row_scale if row_scale is not None else out, comp if comp is not None else out,
         sched.idx, sched.count,
-        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width, bsz * hq, n_whole,
+        scale * LOG2E, lq, lk, *lens, hq, hq // hkv, nqb, sched.width, bsz * hq,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_Q=plan.block_q, BLOCK_KV=plan.block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=mask,
         HAS_SCALE=row_scale is not None, HAS_COMP=comp is not None, RETURN_LSE=return_lse,
-        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs, PARTS=parts,
+        CONSUMER_REGS=CONSUMER_REGS, LOADER_REGS=LOADER_REGS, Q_REGS=q_regs, ILV=interleaved,
         num_warps=4, maxnreg=MAXNREG,
     )
-    if parts > 1:
-        merge_parts(part_o, part_l, parts, n_whole, out, lse if return_lse else None, row_scale, comp, plan.block_q)
     tuning.record_launch(f"GLUON,block_n={block_n},stages={stages},persistent={int(persistent)},q_regs={int(q_regs)}"
-                         + (f",parts={parts}" if parts > 1 else ""), "gluon",
-                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, q_regs=q_regs, parts=parts,
+                         + f",ilv={int(interleaved)}", "gluon",
+                         kernel="gluon", BLOCK_N=block_n, num_stages=stages, persistent=persistent, q_regs=q_regs, ilv=interleaved,
                          levels=[p for r, p in enumerate(LEVELS) if mask >> r & 1])
     return (out, lse) if return_lse else out
 
 
-__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "parse_config", "descriptor", "split_parts"]
+__all__ = ["HAVE_GLUON", "AUTO_LEVEL_MASK", "run_plan_gluon", "unsupported", "config", "parse_config", "descriptor",
+           "interleaved_descriptor", "interleaves", "has_group_room"]

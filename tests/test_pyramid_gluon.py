@@ -82,13 +82,17 @@ def test_compiles_for_sm90(python):
         dict(dtype="fp16", d=64, block_kv=128, block_n=64, stages=2, level_mask=11, has_scale=True, has_comp=True, return_lse=True,
              index_dtype="i32"),
         dict(dtype="bf16", d=128, block_kv=64, block_n=64, stages=3, level_mask=15, q_regs=True, return_lse=True),
-        dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2, level_mask=15, parts=3, has_scale=True, return_lse=True),
+        dict(dtype="bf16", d=128, block_kv=64, block_n=128, stages=2, level_mask=15, ilv=True),
+        dict(dtype="bf16", d=128, block_kv=128, block_n=128, stages=2, level_mask=15, ilv=True, has_scale=True, return_lse=True),
+        dict(dtype="fp16", d=128, block_kv=64, block_n=64, stages=3, level_mask=13, ilv=True, q_regs=True),
     ]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([python, "-c", _CHILD, json.dumps(configs), gluon_attn.__file__], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert results[3]["wgmma"] == results[1]["wgmma"], results  # Q in registers: same wgmma count, other operand source
+    # interleaved tiles: one TMA box per load instead of one per 64-column half, and no more code (~the same wgmma)
+    assert results[4]["tma"] * 2 == results[0]["tma"] and results[4]["wgmma"] == results[0]["wgmma"], results
     for cfg, res in zip(configs, results):
         # At most a few spilled scalars (measured: <= 200 bytes with every level, triton 3.6/3.8);
         # tile-sized spills would be kilobytes.
@@ -124,55 +128,52 @@ def test_unsupported_reasons_cpu():
         pyramid_gluon.run_plan_gluon(q, q, q, plan)
 
 
-def test_split_parts_and_switch(monkeypatch):
+def test_interleave_switch(monkeypatch):
+    """Interleaved tiles: head dim 128, a key length that is a multiple of 8 and pooled tensors with room for their
+    last 8-row group; on unless pinned off."""
     from spbench.kernels import pyramid_gluon
 
-    assert pyramid_gluon.split_parts(3072, 132) == 3  # 23 rounds + 36 items: 108 of 132 programs busy
-    assert pyramid_gluon.split_parts(264, 132) == 1  # even rounds
-    assert pyramid_gluon.split_parts(100, 132) == 1  # one round: nothing waits on the tail
-    assert pyramid_gluon.split_parts(133, 132) == pyramid_gluon.MAX_PARTS  # one item left, capped
-    assert pyramid_gluon.split_parts(132 + 70, 132) == 1  # 70 items: no room for 2 parts each
-    assert pyramid_gluon.split_parts(132 + 66, 132) == 2
+    k = torch.zeros(1, 2, 1000, 128)
+    room = torch.zeros(2 * 125 * 128 + 3 * 128)[: 2 * 125 * 128].view(1, 2, 125, 128)  # 3 rows of room: 125 -> 128
+    tight = torch.zeros(1, 2, 125, 128)
     monkeypatch.delenv(pyramid_gluon.CONFIG_ENV, raising=False)
-    assert pyramid_gluon.split_enabled() is pyramid_gluon.DEFAULT_SPLIT
-    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "split=1")
-    assert pyramid_gluon.split_enabled() is True
-    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "split=2")
+    assert pyramid_gluon.interleave_enabled() is pyramid_gluon.DEFAULT_ILV
+    assert pyramid_gluon.has_group_room(room) and not pyramid_gluon.has_group_room(tight)
+    assert pyramid_gluon.has_group_room(torch.zeros(1, 2, 128, 128))  # whole groups need no room
+    assert pyramid_gluon.interleaves(k, [room, room]) is pyramid_gluon.DEFAULT_ILV
+    assert pyramid_gluon.interleaves(k, [], ilv=True)
+    assert not pyramid_gluon.interleaves(k, [room, tight], ilv=True)
+    assert not pyramid_gluon.interleaves(torch.zeros(1, 2, 1001, 128), [], ilv=True)  # last group past K's end
+    assert not pyramid_gluon.interleaves(torch.zeros(1, 2, 1000, 64), [], ilv=True)  # d 64: a row is one box already
+    assert not pyramid_gluon.interleaves(k, [room], ilv=False)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "ilv=0")
+    assert not pyramid_gluon.interleaves(k, [])
+    assert pyramid_gluon.interleaves(k, [], ilv=True)
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "ilv=2")
     with pytest.raises(SpbenchError):
-        pyramid_gluon.split_enabled()
+        pyramid_gluon.interleave_enabled()
+    monkeypatch.setenv(pyramid_gluon.CONFIG_ENV, "split=1")  # removed in session 17: a clear error, not ignored
+    with pytest.raises(SpbenchError, match="malformed"):
+        pyramid_gluon.interleave_enabled()
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton kernel on CPU tensors: interpreter only")
-@pytest.mark.parametrize("parts, bq, lq, extras", [(2, 128, 300, ""), (3, 256, 257, "scale,comp,lse"), (4, 128, 128, "lse")])
-def test_merge_parts_matches_reference(parts, bq, lq, extras):
-    """The merge of split items' parts against its plain-PyTorch reference: parts that saw nothing (-inf), rows
-    nothing saw, ragged query lengths, row_scale / compensation / LSE, block_q 128 and 256."""
-    from spbench.kernels.merge_parts import ITEM_ROWS, merge_parts, merge_parts_reference
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton pooling kernel: interpreter only")
+def test_pyramid_leaves_group_room():
+    """Pooled lengths that are not a multiple of 8 get zeroed room after the V half (the Gluon kernel's interleaved
+    loads read whole 8-row groups); whole groups get none."""
+    from spbench.kernels.pool import build_pyramid
+    from spbench.kernels.pyramid_gluon import has_group_room
 
-    torch.manual_seed(0)
-    b, h, d = 2, 3, 32
-    n_m = -(-lq // ITEM_ROWS)
-    n_items = b * h * n_m
-    n_whole = n_items - 3
-    part_o = torch.randn(3 * parts * ITEM_ROWS, d)
-    part_l = torch.randn(3 * parts * ITEM_ROWS) * 4
-    part_l[: ITEM_ROWS] = float("-inf")  # item 0's first part saw nothing
-    part_l.view(3, parts, ITEM_ROWS)[1, :, :5] = float("-inf")  # 5 rows of item 1 saw nothing at all
-    nqb = -(-lq // bq)
-    row_scale = torch.rand(b, h, nqb) + 0.5 if "scale" in extras else None
-    comp = torch.randn(b, h, nqb, d) if "comp" in extras else None
-    out = torch.zeros(b, h, lq, d)
-    ref = torch.zeros(b, h, lq, d)
-    lse = torch.zeros(b, h, lq) if "lse" in extras else None
-    ref_lse = torch.zeros(b, h, lq) if "lse" in extras else None
-    merge_parts(part_o, part_l, parts, n_whole, out, lse, row_scale, comp, bq)
-    merge_parts_reference(part_o, part_l, parts, n_whole, ref, ref_lse, row_scale, comp, bq)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert out.abs().sum() > 0 and (out.abs().sum(-1) > 0).sum() < b * h * lq  # split rows written, whole items' rows not
-    if lse is not None:
-        assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and torch.isinf(lse).any()
-        fin = torch.isfinite(ref_lse)
-        torch.testing.assert_close(lse[fin], ref_lse[fin], atol=1e-5, rtol=1e-5)
+    k, v = torch.randn(2, 1, 2, 1000, 128).unbind(0)  # pooled lengths 500, 250, 125
+    pyr = build_pyramid(k, v)
+    for p, length in ((2, 500), (4, 250), (8, 125)):
+        assert pyr.k[p].shape[2] == length and has_group_room(pyr.k[p]) and has_group_room(pyr.v[p])
+        t = pyr.v[p]
+        room = (-length) % 8
+        assert t.untyped_storage().nbytes() == (t.storage_offset() + t.numel() + room * 128) * t.element_size()
+        if room:
+            tail = torch.as_strided(t, (room, 128), (128, 1), t.storage_offset() + t.numel())
+            assert torch.equal(tail, torch.zeros_like(tail))
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton kernel on CPU tensors: interpreter only")
@@ -236,6 +237,15 @@ GPU_CASES = [
     # key lengths without a ragged last block: every masked tile is a level's partly filled last tile (tail cut only)
     ("bfloat16", 128, 2, 2, 300, 1024, 128, 64, 128, 2, {"pooled": True}),
     ("bfloat16", 128, 2, 2, 300, 1024, 128, 64, 64, 3, {"pooled": True}),
+    # interleaved tiles (d 128, key length a multiple of 8): 1000 keys give pooled lengths 500 / 250 / 125, whose
+    # last 8-row groups of the last head run into the pyramid's zeroed room (test_pyramid_leaves_group_room)
+    ("bfloat16", 128, 2, 2, 300, 1000, 128, 64, 128, 2, {"pooled": True}),
+    ("float16", 128, 2, 1, 257, 1000, 256, 128, 64, 2, {"pooled": True, "epilogue": True}),
+    ("bfloat16", 128, 3, 3, 257, 1000, 128, 64, 128, 2, {"only": 8}),
+    ("float16", 128, 2, 1, 300, 2048, 128, 64, 64, 3, {"only": 8, "epilogue": True}),
+    ("bfloat16", 128, 2, 2, 300, 1000, 128, 128, 128, 2, {}),
+    # level 8 only with a ragged key length (NVMMA tiles)
+    ("bfloat16", 128, 2, 2, 300, 333, 128, 64, 128, 2, {"only": 8}),
 ]
 
 
@@ -251,6 +261,8 @@ def _gpu_inputs(case, seed):
     levels = _plan(b, hq, lq, lk, bq, bk, device="cuda", empty=extra.get("empty", False), pooled=extra.get("pooled", False))
     if extra.get("dense"):
         levels = torch.ones_like(levels)
+    if extra.get("only"):
+        levels = (levels > 0).long() * extra["only"]
     extras = {}
     if extra.get("epilogue"):
         extras["row_scale"] = torch.rand(b, hq, levels.shape[2], device="cuda", generator=g) + 0.5
@@ -292,29 +304,21 @@ def test_gluon_matches_reference(case, programs, q_regs, monkeypatch):
 
 
 @needs_sm90
-@pytest.mark.parametrize("left", ["one", "several"])
-@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[8] == 128][:6] + [GPU_CASES[11]],
-                         ids=lambda c: f"{c[0]}-d{c[1]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}")
-def test_gluon_split_last_round(case, left, monkeypatch):
-    """A persistent grid whose last round is split (programs chosen so that one item, or several, are left
-    over) against the reference, with the LSE; the same call without splitting gives the same output to rounding."""
-    from spbench.kernels import pyramid_gluon
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[1] == 128], ids=lambda c: f"{c[0]}-bq{c[6]}-bk{c[7]}-bn{c[8]}-s{c[9]}-lk{c[5]}")
+def test_gluon_interleave_both_ways(case):
+    """Head dim 128 with interleaved tiles asked for and not: interleaved exactly when the key length is a
+    multiple of 8; both match the reference (on another level map than test_gluon_matches_reference) and
+    each other bit for bit (the same arithmetic in the same order)."""
+    from spbench.kernels import tuning
     from spbench.kernels.pyramid_gluon import run_plan_gluon
 
-    q, k, v, levels, extras, plan, tol = _gpu_inputs(case, 2)
-    n_items = -(-case[4] // 128) * q.shape[0] * q.shape[1]
-    if left == "one":
-        programs = n_items - 1  # one full round, then one item: split in up to 4
-    else:
-        programs = next((p for p in range(n_items // 2 + 1, n_items) if n_items % p >= 2 and pyramid_gluon.split_parts(n_items, p) > 1), 0)
-        if not programs:
-            pytest.skip(f"no grid leaves several items of {n_items} to split")
-    assert pyramid_gluon.split_parts(n_items, programs) > 1
-    monkeypatch.setattr(pyramid_gluon, "_sm_count", lambda device: programs)
-    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=case[8], stages=case[9], persistent=True, split=True)
+    q, k, v, levels, extras, plan, tol = _gpu_inputs(case, 5)
+    out, lse = run_plan_gluon(q, k, v, plan, return_lse=True, block_n=case[8], stages=case[9], ilv=True)
+    assert tuning.chosen_config()["ilv"] is (case[5] % 8 == 0)
     _assert_reference(out, lse, q, k, v, levels, extras, case, tol)
-    whole = run_plan_gluon(q, k, v, plan, block_n=case[8], stages=case[9], persistent=True, split=False)
-    assert (out.float() - whole.float()).abs().max().item() < tol
+    plain = run_plan_gluon(q, k, v, plan, block_n=case[8], stages=case[9], ilv=False)
+    assert tuning.chosen_config()["ilv"] is False
+    assert torch.equal(out, plain)
 
 
 @needs_sm90
