@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import statistics
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -293,7 +294,7 @@ def phase_time(long: bool):
     return rec
 
 
-def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=()):
+def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=(), rounds=5):
     """The cost of a level-p block relative to a level-1 block, x p (1.0 = proportional; the issue's bound is 1.3).
 
     Whole calls: 40% of each row's blocks at one level, pyramid prebuilt (``level_cost_bk{bk}``; Triton kernel,
@@ -301,7 +302,10 @@ def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=()):
     per block, run_plan_gluon's own config (``level_marginal_cost_bk{bk}``); the per-call constants (launch,
     per-item prologue and epilogue) cancel. The Gluon calls are replayed from CUDA graphs: timed as plain calls,
     the host's launch work lands inside the short pooled calls (session 16 on the H200: level 8 at bk64 read
-    2.1 that way, 1.26-1.40 replayed). Kernel time only; the Triton column stays a plain call.
+    2.1 that way, 1.26-1.40 replayed). They are timed in ``rounds`` rounds that visit every level in turn, and
+    each level's median is used: the clocks drop under sustained load, so a call timed first (session 16: level
+    1, 4.0 ms in its first round, 4.5 ms after) would set the scale from another clock than the rest.
+    Kernel time only; the Triton column stays a plain call, timed once.
     """
     from bench_executor import bench, make_plan  # noqa: PLC0415
     from gluon_host_overhead import graph_of  # noqa: PLC0415
@@ -310,33 +314,40 @@ def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=()):
     from spbench.kernels.pyramid_gluon import run_plan_gluon  # noqa: PLC0415
     from spbench.kernels.pyramid_triton import run_plan  # noqa: PLC0415
 
-    def kernel_ms(fn):
-        return bench(graph_of(fn).replay, reps)[0]
-
     rec = {}
     for bk in bks:
-        cost = {"triton_config": TRITON_CFG["32k_level"]}
-        slope = {}
+        plans = {(p, f): make_plan(1, H, L, L, 128, bk, {p: f}) for p in (1, 2, 4, 8) for f in (0.4, 0.2)}
+        cost = {"triton_config": TRITON_CFG["32k_level"], "rounds": rounds}
         for p in (1, 2, 4, 8):
-            plan = make_plan(1, H, L, L, 128, bk, {p: 0.4})
             tuning.pin_config(TRITON_CFG["32k_level"])
             try:
-                t_tri = bench(lambda: run_plan(q, k, v, plan, pyramid=pyr, kernel="triton"), reps)[0]
+                cost[p] = {"triton_ms": bench(lambda: run_plan(q, k, v, plans[p, 0.4], pyramid=pyr, kernel="triton"), reps)[0]}
             finally:
                 tuning.pin_config(None)
-            cost[p] = {"triton_ms": t_tri, "gluon_auto_ms": kernel_ms(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr))}
-            for var in variants:
-                cost[p][variant_label(var) + "_ms"] = kernel_ms(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var))
-            plan = make_plan(1, H, L, L, 128, bk, {p: 0.2})
-            ms_20 = kernel_ms(lambda: run_plan_gluon(q, k, v, plan, pyramid=pyr))
-            slope[p] = {"ms_20": ms_20, "ms_40": cost[p]["gluon_auto_ms"], "ms_per_1pct": (cost[p]["gluon_auto_ms"] - ms_20) / 20}
+        sides = {(p, f, "gluon_auto"): {} for p, f in plans}
+        sides.update({(p, 0.4, variant_label(var)): var for p in (1, 2, 4, 8) for var in variants})
+        graphs = {key: graph_of(lambda plan=plans[key[:2]], var=var: run_plan_gluon(q, k, v, plan, pyramid=pyr, **var))
+                  for key, var in sides.items()}
+        times = {key: [] for key in graphs}
+        for _ in range(rounds):
+            for key, g in graphs.items():
+                times[key].append(bench(g.replay, reps)[0])
+        med = {key: statistics.median(t) for key, t in times.items()}
+        slope = {}
+        for (p, f, label), t in times.items():
+            if f == 0.4:
+                cost[p][label + "_ms"] = med[p, f, label]
+                cost[p][label + "_rounds_ms"] = t
+        for p in (1, 2, 4, 8):
+            ms_40, ms_20 = med[p, 0.4, "gluon_auto"], med[p, 0.2, "gluon_auto"]
+            slope[p] = {"ms_20": ms_20, "ms_40": ms_40, "ms_per_1pct": (ms_40 - ms_20) / 20, "rounds_ms_20": times[p, 0.2, "gluon_auto"]}
         for p in (1, 2, 4, 8):
             for key in [x for x in cost[p] if x.endswith("_ms")]:
                 cost[p][key[:-3] + "_x_p"] = cost[p][key] / cost[1][key] * p
             slope[p]["x_p"] = slope[p]["ms_per_1pct"] / slope[1]["ms_per_1pct"] * p
         rec[f"level_cost_bk{bk}"] = cost
         rec[f"level_marginal_cost_bk{bk}"] = slope
-        print(f"L={L} bk={bk} level cost x p (whole call, gluon auto): "
+        print(f"L={L} bk={bk} level cost x p (whole call, gluon auto, median of {rounds} rounds): "
               + ", ".join(f"p{p} {cost[p]['gluon_auto_x_p']:.3f}" for p in (1, 2, 4, 8))
               + "; marginal: " + ", ".join(f"p{p} {slope[p]['x_p']:.3f}" for p in (1, 2, 4, 8)) + " [target <= 1.3]", flush=True)
     return rec
