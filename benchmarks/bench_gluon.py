@@ -337,10 +337,10 @@ def level_costs(q, k, v, pyr, H, L, reps, bks=(64, 128), variants=(), rounds=5):
         for (p, f, label), t in times.items():
             if f == 0.4:
                 cost[p][label + "_ms"] = med[p, f, label]
-                cost[p][label + "_rounds_ms"] = t
+                cost[p][label + "_ms_rounds"] = t
         for p in (1, 2, 4, 8):
             ms_40, ms_20 = med[p, 0.4, "gluon_auto"], med[p, 0.2, "gluon_auto"]
-            slope[p] = {"ms_20": ms_20, "ms_40": ms_40, "ms_per_1pct": (ms_40 - ms_20) / 20, "rounds_ms_20": times[p, 0.2, "gluon_auto"]}
+            slope[p] = {"ms_20": ms_20, "ms_40": ms_40, "ms_per_1pct": (ms_40 - ms_20) / 20, "ms_20_rounds": times[p, 0.2, "gluon_auto"]}
         for p in (1, 2, 4, 8):
             for key in [x for x in cost[p] if x.endswith("_ms")]:
                 cost[p][key[:-3] + "_x_p"] = cost[p][key] / cost[1][key] * p
