@@ -102,17 +102,22 @@ by a small kernel) was built in session 15 and timed in session 16 (H200, same p
 0.955x on the mix at 32000 x 12, 0.945x at 32768, 0.97x binary, 0.99x dense. It was removed in session 17;
 the code is in git history (``kernels/merge_parts.py`` before that session).
 
-Small pooled entries: with head dim 128 an NVMMA tile keeps each 64-column half's rows together (a
-128-byte swizzle caps a TMA box at 64 columns), so an entry takes one box per half: 32 per operand for a
-128-row tile of level 8 at block_kv 64, where a level-8 tile cost ~1.3x a level-1 tile (level cost x p
-1.26-1.40 whole call, session 16). Loading them by cp.async instead was 0.58x on level 8 (session 16;
-patch in results/reference/gluon-s16/); two loader warps per operand 0.81x, so the issuing warp is not
-the limit. Interleaved tiles (``ilv``, on by default, :func:`interleaves`): level-8 entries at block_kv
-64 land in the ring as 8-row groups holding both halves ([group, half, 8, 64], a linear shared layout
-wgmma reads with a 2 KB group stride), each entry one TMA box of [2, 8, 64] through a rank-3 descriptor
-whose half dimension strides 64 elements inside a row; the consumers read level-8 tiles through that
-layout and the others as NVMMA, in separate loops (:func:`spbench.kernels.gluon_attn._consumer`).
-Level 8 only (40% of the blocks, 32k x 12): 0.645 vs 0.703 ms (1.09x, session 17, results/reference/gluon-s17/).
+Interleaved tiles (``ilv``, on by default where :func:`interleaves` allows: head dim 128, a key length
+that is a multiple of 8). With head dim 128 an NVMMA tile keeps each 64-column half's rows together, and a
+128-byte swizzle caps a TMA box at 64 columns, so every load took one box per half: 32 per operand for a
+128-row tile of level 8 at block_kv 64, which cost ~1.3x a level-1 tile (session 16; cp.async loads were
+0.58x and two loader warps per operand 0.81x on level 8, so neither the copy engine's queue nor the
+issuing warp was the fix). Interleaved rings hold 8-row groups with both halves side by side
+([group, half, 8, 64]; a linear shared layout that wgmma reads with a 2 KB group stride), and every load
+is one box of [1, rows / 8, 2, 8, 64] through a rank-5 descriptor ([heads, groups, halves, 8, 64], the
+half dimension striding 64 elements inside a row): half the copies at every level. A head's last 8-row
+group may run past its rows: into the next head's (masked) or, for the last head, into room the pyramid
+leaves zeroed (:func:`has_group_room`); K and V are the caller's, hence the multiple of 8.
+Measured on H200 (session 17, results/reference/gluon-s17/): level 8 at block_kv 64 x p 1.313 vs 1.439
+at ncu's locked clocks (bk128 1.269 vs 1.281); same-process graph replays, 40% level 8 0.66-0.70 vs 0.70-0.76
+ms, the pyramid mix at 32000 x 12 1.61-1.76 vs 1.74-1.79 ms by round, dense and binary within noise.
+A first form interleaved only level-8 tiles and read them in loops of their own (the other levels stayed
+NVMMA); the extra loop copies made the mix 7% slower (results/reference/gluon-s17/a_ilv8_loopsplit/).
 
 ``run_plan``'s ``auto`` uses this path for plans of any levels
 (:data:`AUTO_LEVEL_MASK`): on H200 it was 1.2-1.3x the Triton kernel on
