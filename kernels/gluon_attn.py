@@ -32,8 +32,9 @@ def _interleaved_bases(rows: int, d: int) -> list[list[int]]:
     """Offset bases (element offset bit -> (row, col)) of a [rows, d] 16-bit tile stored as 8-row groups, each
     group its ``d // 64`` 64-column halves one after the other ([group, half, 8, 64]), with the 128-byte swizzle
     inside each 8 x 64 atom (the 16-byte chunk index XOR the row within the group). NVMMA's own layout keeps a
-    half's rows together instead ([half, rows, 64]); this one lets one TMA box of [halves, 8, 64] fill a whole
-    8-row entry. wgmma reads it with a stride of ``d // 64`` KB between 8-row groups."""
+    half's rows together instead ([half, rows, 64]), so a load of whole rows takes one TMA box per half; in this
+    one a load's rows are contiguous, one box (:func:`_load_tile`). wgmma reads it with a stride of ``d // 64``
+    KB between 8-row groups."""
     bases = [[0, 1], [0, 2], [0, 4], [0, 8], [0, 16], [0, 32], [1, 8], [2, 16], [4, 32]]
     bases += [[0, h] for h in (64, 128) if h < d]
     bases += [[r, 0] for r in (8, 16, 32, 64, 128) if r < rows]
@@ -42,7 +43,7 @@ def _interleaved_bases(rows: int, d: int) -> list[list[int]]:
 
 if HAVE_GLUON:
 
-    _interleaved_bases = gluon.constexpr_function(_interleaved_bases)
+    _interleaved_bases = gluon.constexpr_function(_interleaved_bases)  # callable while a kernel is traced
 
     @gluon.constexpr_function
     def interleaved_layout(rows, d):
