@@ -128,6 +128,50 @@ def test_unsupported_reasons_cpu():
         pyramid_gluon.run_plan_gluon(q, q, q, plan)
 
 
+def _layout_coords(bases, offset):
+    """(row, col) of element ``offset`` under a shared linear layout: the XOR of the bases of its set bits."""
+    row = col = 0
+    for bit, (r, c) in enumerate(bases):
+        if offset >> bit & 1:
+            row, col = row ^ r, col ^ c
+    return row, col
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+@pytest.mark.parametrize("start_group, groups", [(0, 1), (5, 1), (3, 8), (2, 16)])
+def test_interleaved_layout_matches_descriptor(rows, start_group, groups):
+    """What one interleaved TMA load puts where, emulated on the CPU, against the layout the consumers read.
+
+    The box is cut from the tensor with the host descriptor's own shape and strides (as_strided), written to
+    shared memory in box order with the 128-byte swizzle (16-byte chunk XOR row within the 8-row atom), and
+    every element must sit where :func:`gluon_attn._interleaved_bases` says that row and column are."""
+    from spbench.kernels import gluon_attn
+    from spbench.kernels.pyramid_gluon import HAVE_GLUON
+
+    if groups * 8 > rows:
+        pytest.skip("load taller than the tile")
+    bsz, heads, length, d = 1, 3, 1000, 128
+    t = torch.arange(bsz * heads * length * d).view(bsz, heads, length, d)  # each element its own index
+    if HAVE_GLUON:
+        from spbench.kernels.pyramid_gluon import interleaved_descriptor
+
+        desc = interleaved_descriptor(torch.zeros(t.shape, dtype=torch.bfloat16), groups * 8)  # strides in elements
+        shape, strides, box = desc.shape, desc.strides, desc.block_shape
+    else:  # the same numbers spelled out
+        shape, strides, box = [bsz * heads, -(-length // 8), d // 64, 8, 64], [length * d, 8 * d, 64, d, 1], [1, groups, 2, 8, 64]
+    assert box == [1, groups, 2, 8, 64] and shape[1] == 125
+    head = 1
+    view = torch.as_strided(t, shape, strides)
+    loaded = view[head, start_group:start_group + groups]  # the box at coordinates [head, start_group, 0, 0, 0]
+    bases = gluon_attn._interleaved_bases(rows, d)
+    tile_row0 = rows - groups * 8  # where the load lands in the tile: its last groups
+    for g, h, r, c in [(g, h, r, c) for g in range(groups) for h in range(2) for r in range(8) for c in range(0, 64, 3)]:
+        offset = (((tile_row0 // 8 + g) * 2 + h) * 8 + r) * 64 + ((c // 8) ^ r) * 8 + c % 8  # box order, swizzled
+        row, col = _layout_coords(bases, offset)
+        assert (row, col) == (tile_row0 + g * 8 + r, h * 64 + c)
+        assert loaded[g, h, r, c] == t[0, head, (start_group + g) * 8 + r, h * 64 + c]
+
+
 def test_interleave_switch(monkeypatch):
     """Interleaved tiles: head dim 128, a key length that is a multiple of 8 and pooled tensors with room for their
     last 8-row group; on unless pinned off."""
