@@ -9,7 +9,7 @@ those fields pinned, the rest default; "default" is always there), each run with
 checkout's kernel and, with ``--before``, also with the older kernel ("label@before"),
 launched through this checkout's host code (run_plan_gluon with its kernel swapped in),
 so only the kernel differs; the older kernel gets its arguments by name, without the ones
-it predates (``Q_REGS``, ``ILV8``: its sides run with interleaved tiles off; a session 15-16 kernel gets its
+it predates (``Q_REGS``, ``ILV``: its sides run with interleaved tiles off; a session 15-16 kernel gets its
 last-round split's arguments, switched off).
 ``--legacy`` is for kernels older than the persistent grid and Q-in-registers options
 (the before side runs without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
@@ -65,7 +65,7 @@ def load_kernel(path: str):
 
 class _Swapped:
     """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel, its arguments bound by name, so one
-    that predates some (Q_REGS, ILV8) gets the rest, and one from sessions 15-16 (which had the last-round
+    that predates some (Q_REGS, ILV) gets the rest, and one from sessions 15-16 (which had the last-round
     split) gets that feature's arguments, switched off."""
 
     def __init__(self, kernel):
@@ -75,7 +75,7 @@ class _Swapped:
         def launch(*args, **kwargs):
             current = gluon_attn._gluon_fwd.arg_names
             named = dict(zip(current, args), **kwargs)
-            if named.get("ILV8"):
+            if named.get("ILV"):
                 sys.exit("interleaved tiles with an older kernel: the before side must run with ilv off")
             if "PARTS" in self.kernel.arg_names:  # split off: every item whole, the part buffers never written
                 n_items = -(-named["q_len"] // gluon_attn.BLOCK_M) * named["n_bh"]
