@@ -75,15 +75,15 @@ if HAVE_GLUON:
         return blk * R + g % R
 
     @gluon.jit
-    def _load_tile(desc, bufs, ready, empty, rows, t, head, head_len, BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    def _load_tile(desc, bufs, ready, empty, rows, t, head, head_len, LR: gl.constexpr, BLOCK_N: gl.constexpr,
+                   STAGES: gl.constexpr):
         """TMA-load tile t (ring slot t % STAGES) from the rows of :func:`_tile_rows` (rows of KV head ``head``,
-        whose slab is ``head_len`` rows), once both consumers freed the slot.
+        whose slab is ``head_len`` rows), ``LR`` rows per load, once both consumers freed the slot.
 
         A rank-5 descriptor ([heads, groups, halves, 8, 64], boxes of [1, LR / 8, halves, 8, 64]) loads an
         interleaved ring (:func:`_interleaved_bases`): one box per load fills its rows' 8-row groups with both
         64-column halves each, through the ring's [loads, 1, LR / 8, halves, 8, 64] view."""
         ILV: gl.constexpr = len(desc.block_type.shape) == 5
-        LR: gl.constexpr = desc.block_type.shape[1] * 8 if ILV else desc.block_type.shape[0]
         NL: gl.constexpr = BLOCK_N // LR
         slot = t % STAGES
         mbarrier.wait(empty.index(slot), ((t // STAGES) & 1) ^ 1)
@@ -92,23 +92,23 @@ if HAVE_GLUON:
         if ILV:
             loads = bufs._reinterpret(bufs.dtype, [STAGES * NL, 1, LR // 8, desc.block_type.shape[2], 8, 64],
                                       entry_layout(bufs.dtype))
-            for i in gl.static_range(NL):
-                r = gl.max(gl.where(j == i, rows, 0), axis=0)  # load i's first row, as a scalar (rows are >= 0)
+        for i in gl.static_range(NL):
+            r = gl.max(gl.where(j == i, rows, 0), axis=0)  # load i's first row, as a scalar (rows are >= 0)
+            if ILV:
                 tma.async_copy_global_to_shared(desc, [head, r // 8, 0, 0, 0], ready.index(slot), loads.index(slot * NL + i))
-        else:
-            for i in gl.static_range(NL):
-                r = gl.max(gl.where(j == i, rows, 0), axis=0)
+            else:
                 tma.async_copy_global_to_shared(desc, [head * head_len + r, 0], ready.index(slot), bufs.index(slot).slice(i * LR, LR))
 
     @gluon.jit
     def _load_level(desc, bufs, ready, empty, idx_ptr, n, t0, head, head_len, R: gl.constexpr, BLOCK_N: gl.constexpr,
                     STAGES: gl.constexpr):
         """The tiles of one level (n entries of R rows), ring positions from t0 on; returns the next position."""
+        # rows per load: the descriptor's box ([rows, D], or [1, rows / 8, halves, 8, 64] when interleaved)
         LR: gl.constexpr = desc.block_type.shape[1] * 8 if len(desc.block_type.shape) == 5 else desc.block_type.shape[0]
         tiles = _tiles(n, R, BLOCK_N)
         for tl in range(0, tiles):
             rows = _tile_rows(idx_ptr, n, tl, R, BLOCK_N, LR)  # issued before the wait for a free slot, which hides it
-            _load_tile(desc, bufs, ready, empty, rows, t0 + tl, head, head_len, BLOCK_N, STAGES)
+            _load_tile(desc, bufs, ready, empty, rows, t0 + tl, head, head_len, LR, BLOCK_N, STAGES)
         return t0 + tiles
 
     @gluon.jit

@@ -147,7 +147,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from spbench.kernels.gluon_attn import _gluon_fwd
+    from spbench.kernels.gluon_attn import _gluon_fwd, entry_layout
 
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
@@ -266,7 +266,7 @@ def descriptor(t: torch.Tensor, rows: int):
 
 @functools.lru_cache(maxsize=None)
 def _interleaved_box_layout(dtype: torch.dtype):
-    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=_gl_dtype(dtype).primitive_bitwidth, rank=5)
+    return entry_layout(_gl_dtype(dtype))  # the kernel's own (a constexpr function, callable here)
 
 
 def interleaved_descriptor(t: torch.Tensor, rows: int):
