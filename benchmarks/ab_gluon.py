@@ -9,8 +9,8 @@ those fields pinned, the rest default; "default" is always there), each run with
 checkout's kernel and, with ``--before``, also with the older kernel ("label@before"),
 launched through this checkout's host code (run_plan_gluon with its kernel swapped in),
 so only the kernel differs; the older kernel gets its arguments by name, without the ones
-it predates (``Q_REGS``, ``ILV``: its sides run with interleaved tiles off; a session 15-16 kernel gets its
-last-round split's arguments, switched off).
+it predates (``Q_REGS``, ``ILV``: a kernel without ``ILV`` runs with interleaved tiles off; a session 15-16 kernel
+gets its last-round split's arguments, switched off; one from before session 18 gets ``Out`` and its strides).
 ``--legacy`` is for kernels older than the persistent grid and Q-in-registers options
 (the before side runs without either). Each call is timed as a CUDA-graph replay (no host work; CUDA
 events, L2 flushed, median), the sides alternating for ``--rounds`` rounds so machine
@@ -65,8 +65,9 @@ def load_kernel(path: str):
 
 class _Swapped:
     """Stands in for pyramid_gluon._gluon_fwd: launches the older kernel, its arguments bound by name, so one
-    that predates some (Q_REGS, ILV) gets the rest, and one from sessions 15-16 (which had the last-round
-    split) gets that feature's arguments, switched off."""
+    that predates some (Q_REGS, ILV) gets the rest, one from before session 18 (pointer-stored output) gets Out and
+    its strides, and one from sessions 15-16 (which had the last-round split) gets that feature's arguments,
+    switched off."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -75,8 +76,11 @@ class _Swapped:
         def launch(*args, **kwargs):
             current = gluon_attn._gluon_fwd.arg_names
             named = dict(zip(current, args), **kwargs)
-            if named.get("ILV"):
+            if named.get("ILV") and "ILV" not in self.kernel.arg_names:
                 sys.exit("interleaved tiles with an older kernel: the before side must run with ilv off")
+            if "Out" in self.kernel.arg_names:  # before session 18 the output was stored through a pointer and strides
+                out = named["o_desc"].base
+                named.update(Out=out, so_b=out.stride(0), so_h=out.stride(1), so_l=out.stride(2))
             if "PARTS" in self.kernel.arg_names:  # split off: every item whole, the part buffers never written
                 n_items = -(-named["q_len"] // gluon_attn.BLOCK_M) * named["n_bh"]
                 named.update(PartO=named["Lse"], PartL=named["Lse"], n_whole=n_items, PARTS=1)
@@ -91,7 +95,8 @@ def caller(q, k, v, plan, pyr, before_kernel=None, overrides=None, legacy=False)
     if before_kernel is None:
         return lambda: pyramid_gluon.run_plan_gluon(q, k, v, plan, pyramid=pyr, **overrides)
     swapped = _Swapped(before_kernel)
-    overrides["ilv"] = False  # older kernels read every tile as NVMMA
+    if "ILV" not in before_kernel.arg_names:
+        overrides["ilv"] = False  # kernels before session 17 read every tile as NVMMA
     if legacy:
         overrides.update(persistent=False, q_regs=False)
 

@@ -51,6 +51,12 @@ if HAVE_GLUON:
         return gl.SharedLinearLayout(offset_bases=_interleaved_bases(rows, d))
 
     @gluon.constexpr_function
+    def out_layout(dtype, rank):
+        """Shared layout of a consumer's 64 output rows, and (rank 4) of the output descriptor's [1, 1, 64, D]
+        box over [B, H, L, D]: the same bytes, so the kernel views the one as the other."""
+        return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=rank)
+
+    @gluon.constexpr_function
     def entry_layout(dtype):
         """Shared layout of an interleaved load's TMA box, [1, groups, halves, 8, 64] (128-byte swizzle)."""
         return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=5)
@@ -327,9 +333,8 @@ if HAVE_GLUON:
         return acc
 
     @gluon.jit
-    def _consumer(Q, Out, Lse, RowScale, Comp, Idx, Count, q_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
-                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
-                  sq_b, sq_h, sq_l, so_b, so_h, so_l,
+    def _consumer(Q, o_desc, Lse, RowScale, Comp, Idx, Count, q_smem, o_smem, k_bufs, v_bufs, k_ready, k_empty, v_ready, v_empty,
+                  first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l,
                   WG: gl.constexpr, SUB_M: gl.constexpr, BLOCK_Q: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_KV: gl.constexpr,
                   D: gl.constexpr, STAGES: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
                   Q_REGS: gl.constexpr, LEVEL_MASK: gl.constexpr):
@@ -409,8 +414,9 @@ if HAVE_GLUON:
             n0, n1, n2, n3, k0, k1, k2, k3 = _counts(Count, item + step, n_items, n_m, num_heads, group, num_qb, BLOCK_Q)
 
             out, lse2 = _normalised(acc, l_i, m_i, o_layout)
-            _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+            _store_out(out, lse2, o_desc, o_smem, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len,
                        WG, SUB_M, D, HAS_SCALE, HAS_COMP, RETURN_LSE, o_layout)
+        tma.store_wait(0)  # the last O store has read o_smem before the program ends
 
     @gluon.jit
     def _normalised(acc, l_i, m_i, o_layout: gl.constexpr):
@@ -419,30 +425,38 @@ if HAVE_GLUON:
         seen = l_o > 0.0
         l_safe = gl.where(seen, l_o, 1.0)
         m_o = gl.convert_layout(m_i, gl.SliceLayout(1, o_layout))
-        return acc / gl.expand_dims(l_safe, 1), gl.where(seen, m_o + gl.log2(l_safe), float("-inf"))
+        # one reciprocal per row, then multiplies: a division per element is an MUFU op each, as many as a tile's exp2
+        return acc * gl.expand_dims(1.0 / l_safe, 1), gl.where(seen, m_o + gl.log2(l_safe), float("-inf"))
 
     @gluon.jit
-    def _store_out(out, lse2, Out, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len, so_b, so_h, so_l,
+    def _store_out(out, lse2, o_desc, o_smem, Lse, RowScale, Comp, b, h, bh, q_start, row, q_len,
                    WG: gl.constexpr, SUB_M: gl.constexpr, D: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr,
                    RETURN_LSE: gl.constexpr, o_layout: gl.constexpr):
-        """Epilogue: row_scale / compensation, store (the natural-log LSE if asked)."""
-        o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        """Epilogue: row_scale / compensation; the rows to shared memory and out by one TMA store (rows past
+        q_len are clipped by the descriptor), which the next item does not wait for; the natural-log LSE if asked.
+
+        Why TMA: a store from the wgmma accumulator layout writes a few bytes per thread and instruction, with
+        64-bit addresses per element; a clock64 trace (H200, session 18) put that epilogue at ~5k cycles per
+        work item, as much as two 128-row tiles."""
         if HAS_SCALE:
             out = out * gl.load(RowScale + row)
         if HAS_COMP:
+            o_cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
             out = out + gl.expand_dims(gl.load(Comp + row * D + o_cols), 0)
-        o_rows = q_start + WG * SUB_M + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
-        o_ptr = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h
-        gl.store(o_ptr + gl.expand_dims(o_rows, 1) * so_l + gl.expand_dims(o_cols, 0), out.to(Out.dtype.element_ty),
-                 mask=gl.expand_dims(o_rows < q_len, 1))
+        tma.store_wait(0)  # the previous item's store has read o_smem (issued an item ago)
+        o_smem.store(out.to(o_smem.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(o_desc, [b, h, q_start + WG * SUB_M, 0],
+                                        o_smem._reinterpret(o_smem.dtype, [1, 1, SUB_M, D], o_desc.layout))
         if RETURN_LSE:
+            o_rows = q_start + WG * SUB_M + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, o_layout))
             gl.store(Lse + bh.to(gl.int64) * q_len + o_rows, lse2 * 0.6931471805599453, mask=o_rows < q_len)
 
     @gluon.jit(do_not_specialize=["q_len", "kv_len", "len2", "len4", "len8", "num_heads", "group", "num_qb", "width", "n_bh"])
     def _gluon_fwd(
-        Q, k1, v1, k2, v2, k4, v4, k8, v8, Out, Lse, RowScale, Comp, Idx, Count,
+        Q, k1, v1, k2, v2, k4, v4, k8, v8, o_desc, Lse, RowScale, Comp, Idx, Count,
         qk_scale, q_len, kv_len, len2, len4, len8, num_heads, group, num_qb, width, n_bh,
-        sq_b, sq_h, sq_l, so_b, so_h, so_l,
+        sq_b, sq_h, sq_l,
         BLOCK_Q: gl.constexpr, BLOCK_KV: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr,
         STAGES: gl.constexpr, LEVEL_MASK: gl.constexpr, HAS_SCALE: gl.constexpr, HAS_COMP: gl.constexpr, RETURN_LSE: gl.constexpr,
         CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr, Q_REGS: gl.constexpr, ILV: gl.constexpr,
@@ -464,6 +478,8 @@ if HAVE_GLUON:
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUB_M, D], dtype)
         q0 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
         q1 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
+        o0 = gl.allocate_shared_memory(dtype, [SUB_M, D], out_layout(dtype, 2))  # each consumer's O on its way out
+        o1 = gl.allocate_shared_memory(dtype, [SUB_M, D], out_layout(dtype, 2))
         if ILV:  # the rings are only ever used through views (_load_tile, k_read / v_read below)
             ring_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
         else:
@@ -489,13 +505,11 @@ if HAVE_GLUON:
 
         # (Argument tuples spelled out: tuple concatenation drops constexpr-ness in triton 3.6.)
         gl.warp_specialize([
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q0, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
-                         sq_b, sq_h, sq_l, so_b, so_h, so_l,
+            (_consumer, (Q, o_desc, Lse, RowScale, Comp, Idx, Count, q0, o0, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l,
                          0, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
-            (_consumer, (Q, Out, Lse, RowScale, Comp, Idx, Count, q1, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
-                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale,
-                         sq_b, sq_h, sq_l, so_b, so_h, so_l,
+            (_consumer, (Q, o_desc, Lse, RowScale, Comp, Idx, Count, q1, o1, k_read, v_read, k_ready, k_empty, v_ready, v_empty,
+                         first, step, n_items, n_m, num_heads, group, num_qb, width, q_len, kv_len, qk_scale, sq_b, sq_h, sq_l,
                          1, SUB_M, BLOCK_Q, BLOCK_N, BLOCK_KV, D, STAGES, HAS_SCALE, HAS_COMP, RETURN_LSE, Q_REGS, LEVEL_MASK)),
             (_loader, (k1, k2, k4, k8, k_bufs, k_ready, k_empty, Idx, Count,
                        first, step, n_items, n_m, num_heads, group, num_qb, width, kv_len, len2, len4, len8,
@@ -530,11 +544,11 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
             desc = f"tensordesc<{dtype}[{rows},{d}],{gl.NVMMASharedLayout.get_default_for([rows, d], elem)!r}>"
         sig[f"k{p}"] = sig[f"v{p}"] = desc
     sig.update({
-        "Out": ptr, "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32",
+        "o_desc": f"tensordesc<{dtype}[1,1,64,{d}],{out_layout(elem, 4)!r}>", "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32",
         "Idx": f"*{index_dtype}", "Count": "*i32",
         "qk_scale": "fp32", "q_len": "i32", "kv_len": "i32", "len2": "i32", "len4": "i32", "len8": "i32",
         "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32", "n_bh": "i32",
-        "sq_b": "i64", "sq_h": "i64", "sq_l": "i32", "so_b": "i64", "so_h": "i64", "so_l": "i32",
+        "sq_b": "i64", "sq_h": "i64", "sq_l": "i32",
     })
     consts = dict(BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_N=block_n, D=d, STAGES=stages, LEVEL_MASK=level_mask,
                   HAS_SCALE=has_scale, HAS_COMP=has_comp, RETURN_LSE=return_lse,

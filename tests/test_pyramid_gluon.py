@@ -52,7 +52,9 @@ for cfg in json.loads(sys.argv[1]):
     res["depbar"] = sass.count("WARPGROUP.DEPBAR")
     res["setmaxnreg"] = sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})
     res["wgmma"] = ptx.count("wgmma.mma_async")
-    res["tma"] = ptx.count("cp.async.bulk.tensor")
+    res["tma"] = len(re.findall(r"cp\.async\.bulk\.tensor\.\w+\.shared::\w+\.global", ptx))  # loads
+    res["tma_store"] = len(re.findall(r"cp\.async\.bulk\.tensor\.\w+\.global\.shared", ptx))
+    res["st_global_16"] = len(re.findall(r"st\.global[.\w]*\.b16", ptx))
     res["shared"] = kernel.metadata.shared
     out.append(res)
 print("RESULT " + json.dumps(out))
@@ -100,6 +102,8 @@ def test_compiles_for_sm90(python):
         # warp-specialized: registers moved to the consumer warpgroups, TMA loads, async wgmma
         assert gluon_attn.CONSUMER_REGS in res["setmaxnreg"] and gluon_attn.LOADER_REGS in res["setmaxnreg"], res
         assert res["tma"] > 0 and res["wgmma"] > 0, res
+        # the output leaves by one TMA store per consumer warpgroup, not by per-thread 16-bit stores (session 18)
+        assert res["tma_store"] == 2 and res["st_global_16"] == 0, res
         assert res["shared"] <= 227 * 1024, res
         # ptxas serializes every wgmma of a kernel (a wait after each) when it cannot keep an async accumulator
         # in place, e.g. one merged across a branch; the kernel then runs ~20% slower (H200, session 15)
@@ -365,7 +369,7 @@ def test_gluon_interleave_both_ways(case):
 
 @needs_sm90
 def test_run_plan_dispatch_gpu(monkeypatch):
-    from spbench.kernels import tuning
+    from spbench.kernels import pyramid_gluon, tuning
     from spbench.kernels.pyramid_triton import KERNEL_ENV, run_plan
 
     monkeypatch.delenv(KERNEL_ENV, raising=False)
@@ -381,6 +385,15 @@ def test_run_plan_dispatch_gpu(monkeypatch):
         assert tuning.chosen_config()["kernel"] == "gluon"
         out = torch.empty(1, 500, 2, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # strided out
         run_plan(q, k, v, plan, out=out, kernel="gluon")
+        # the kernel TMA-stores into outs with 16-byte strides and base; into the others the result is copied
+        padded = torch.empty(1, 2, 500, 136, device="cuda", dtype=torch.bfloat16)[..., :128]  # rows 272 bytes apart
+        odd = torch.empty(1, 2, 500, 130, device="cuda", dtype=torch.bfloat16)[..., :128]  # rows 260 bytes apart
+        shifted = torch.empty(2 * 500 * 128 + 1, device="cuda", dtype=torch.bfloat16)[1:].view(1, 2, 500, 128)  # base 2 bytes off
+        assert [pyramid_gluon.tma_storable(t) for t in (out, padded, odd, shifted)] == [True, True, False, False]
+        for strided in (padded, odd, shifted):
+            strided.fill_(float("nan"))
+            run_plan(q, k, v, plan, out=strided, kernel="gluon")
+            assert torch.equal(strided, auto)
         tri_pooled = run_plan(q, k, v, pooled, kernel="triton")
         assert tuning.chosen_config()["kernel"] == "triton"
         run_plan(q, k, v, pooled)  # pooled levels: auto takes the Gluon path too (AUTO_LEVEL_MASK)
