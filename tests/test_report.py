@@ -171,3 +171,39 @@ def test_cli_report(runs, tmp_path):
     assert "efficiency: `density` (lower is better)" in md
     bad = CliRunner().invoke(cli.app, ["report", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_time_against_sequence_length(tmp_path):
+    """Kernel cells of one shape at several lengths get a scaling table and figure: medians over repeated cells,
+    x the dense baseline, the exponent between the two longest lengths; cross-attention cells, lines measured at
+    one length and shapes with one length stay out."""
+    import math
+
+    store = RunStore(tmp_path, "scan", config={"command": "suite kernel"}, environment=ENV)
+    for L, dense_ms, psa_ms in ((8000, 1.0, 0.5), (16000, 4.0, 1.0), (32000, 16.0, 2.0)):
+        shape = dict(seq=L, kv_seq=L)
+        store.append(kernel("cudnn", None, 1.0, 0.004, 1.0, role="baseline", run_ms=dense_ms, speedup_run=1.0, **shape))
+        store.append(kernel("psa", 0.1, 1.0, 0.05, 0.1, run_ms=psa_ms, speedup_run=dense_ms / psa_ms, **shape))
+    store.append(kernel("psa", 0.1, 1.0, 0.05, 0.1, run_ms=3.0, speedup_run=4 / 3, seq=16000, kv_seq=16000))  # a repeat: median 2.0 at 16000
+    store.append(kernel("psa", 0.1, 1.0, 0.05, 0.1, run_ms=0.001, seq=64000, kv_seq=32000))  # cross-attention: not a length point
+    store.append(kernel("block", 0.1, 1.0, 0.05, 0.1, run_ms=0.3, seq=8000, kv_seq=8000))  # one length only
+    store.append(kernel("psa", 0.1, 1.0, 0.05, 0.1, run_ms=0.3, heads=12, kv_heads=12))  # another shape, one length
+    store.append(kernel("psa", 0.1, 1.0, 0.05, 0.1, run_ms=0.6, heads=12, kv_heads=12))
+    report = build_report([store.path], plots=True)
+    assert len(report.scaling) == 1
+    entry = report.scaling[0]
+    assert "L=8000..32000" in entry.label and "Hq=40" in entry.label
+    assert entry.table.columns == ["method", "budget", "L=8000", "L=16000", "L=32000", "exponent"]
+    rows = {r[0]: r for r in entry.table.rows}
+    assert set(rows) == {"cudnn (dense)", "psa"}
+    assert rows["cudnn (dense)"][2:] == ["1", "4", "16", "2"]
+    # psa: 0.5, median(1.0, 3.0) = 2.0, 2.0 ms; x dense 2, 2.667 (median of 4 and 4/3), 8; exponent log(2/2)/log 2 = 0
+    assert rows["psa"][2:5] == ["0.5 (2x)", "2 (2.667x)", "2 (8x)"] and float(rows["psa"][5]) == 0.0
+    assert entry.plots and entry.plots[0].png.startswith(b"\x89PNG")
+    written = write_report([store.path], tmp_path / "rep", formats="md,html")
+    md = written["md"].read_text()
+    assert "## Time against sequence length" in md and entry.plots[0].file in md
+    assert (written["md"].parent / entry.plots[0].file).is_file()
+    html = written["html"].read_text()
+    assert 'id="scaling-section"' in html and f'id="{entry.id}"' in html
+    assert math.isclose(float(next(r for r in entry.table.rows if r[0] == "cudnn (dense)")[-1]), 2.0)

@@ -36,6 +36,7 @@ import pandas as pd
 
 from spbench.errors import SpbenchError
 from spbench.report import metrics as M
+from spbench.report import scaling as S
 from spbench.report.pareto import frontier
 from spbench.report.runs import RunInfo, load_runs
 
@@ -87,6 +88,16 @@ class Group:
 
 
 @dataclass
+class Scaling:
+    """Time against sequence length for one kernel shape family (:mod:`spbench.report.scaling`)."""
+
+    id: str
+    label: str
+    table: Table
+    plots: list[Plot] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     name: str
     title: str
@@ -98,6 +109,7 @@ class Report:
     groups: list[Group]
     failures: Table
     notes: list[str]
+    scaling: list[Scaling] = field(default_factory=list)
 
 
 # -- formatting ------------------------------------------------------------------
@@ -278,6 +290,42 @@ def _runs_table(runs: list[RunInfo], run_counts: dict[str, dict[str, int]]) -> T
     return Table(columns, [[key] + [values.get(r.run_id, "-") for r in runs] for key, values in rows.items()], "runs", "environment and configuration of each run")
 
 
+def _scaling(frame: pd.DataFrame, dense_series: set[str], styles, plots: bool, multi_run: bool) -> list[Scaling]:
+    """A table (and figure) per kernel shape measured at several lengths: run ms per length, x the dense baseline."""
+    from spbench.report.plots import scaling_figure
+
+    out = []
+    for shape, rows in S.families(frame[(frame["suite"] == "kernel") & (frame["status"] == "ok")]):
+        data = S.lines(rows)
+        if data.empty:
+            continue
+        lengths = sorted(data["L"].unique())
+        label = _group_label("kernel", {**shape, "seq": f"{fmt(lengths[0])}..{fmt(lengths[-1])}"})
+        sid = f"s{len(out) + 1:02d}-{slug(label, 50)}"
+        columns = (["run"] if multi_run else []) + ["method", "budget"] + [f"L={fmt(length)}" for length in lengths] + ["exponent"]
+        body = []
+        for (run, series, _), line in data.groupby(["run_id", "series", "budget_key"], sort=True):
+            by_length = line.set_index("L")
+            cells = []
+            for length in lengths:
+                if length not in by_length.index:
+                    cells.append("-")
+                    continue
+                ms, x = by_length.at[length, "run_ms"], by_length.at[length, "speedup"]
+                cells.append(fmt(ms) + (f" ({fmt(x)}x)" if series not in dense_series and np.isfinite(x) else ""))
+            row = ([fmt(run)] if multi_run else []) + [fmt(series), fmt(line["budget"].iloc[0])] + cells
+            body.append(row + [fmt(S.exponent(list(line["L"]), list(line["run_ms"])))])
+        caption = ("run ms per query length (median over repeated cells), in brackets x the dense baseline; exponent: "
+                   "log(time ratio) / log(length ratio) between the two longest lengths (2 = quadratic)")
+        entry = Scaling(sid, label, Table(columns, body, f"scaling-{sid}", caption))
+        if plots:
+            png = scaling_figure(data, styles, dense_series, label)
+            if png:
+                entry.plots.append(Plot("Run time and speedup against sequence length", f"{sid}-scaling.png", png))
+        out.append(entry)
+    return out
+
+
 def _swept(frame: pd.DataFrame, groups: list[tuple[str, str, pd.DataFrame]]) -> list[tuple[str, str]]:
     rows = [("suites", ", ".join(sorted(frame["suite"].unique())))]
     rows.append(("methods", ", ".join(sorted(frame["series"].unique()))))
@@ -345,6 +393,7 @@ def build_report(paths: list[str | Path], name: str | None = None, quality: str 
         group.comparison = _comparison(ok, present_runs, q, e, f"compare-{gid}")
         groups.append(group)
     run_counts = {r: {str(k): int(v) for k, v in frame.loc[frame["run_id"] == r, "status"].value_counts().items()} for r in run_ids}
+    scaling = _scaling(frame, dense_series, styles, plots, multi)
     return Report(
         name=name or default_name(runs),
         title="spbench report: " + ", ".join(run_ids),
@@ -356,6 +405,7 @@ def build_report(paths: list[str | Path], name: str | None = None, quality: str 
         groups=groups,
         failures=_failures(frame, labels, multi),
         notes=notes,
+        scaling=scaling,
     )
 
 
@@ -415,8 +465,8 @@ def write_report(paths: list[str | Path], out: str | Path = "reports", name: str
         raise SpbenchError(f"cannot create report folder {folder}: {exc.strerror}") from None
     written: dict[str, Path] = {}
     if "md" in formats:
-        for group in report.groups:
-            for plot in group.plots:
+        for part in report.groups + report.scaling:
+            for plot in part.plots:
                 (folder / plot.file).write_bytes(plot.png)
         written["md"] = folder / "report.md"
         written["md"].write_text(render_markdown(report), encoding="utf-8")

@@ -55,6 +55,12 @@ def render_markdown(report: Report) -> str:
             out += ["### Runs side by side", ""] + table(group.comparison) + [""]
         if group.cells:
             out += ["### All cells", ""] + table(group.cells) + [""]
+    if report.scaling:
+        out += ["## Time against sequence length", ""]
+        for entry in report.scaling:
+            out += [f"### {escape(entry.label)}", "", f"_{escape(entry.table.caption)}_", ""]
+            out += [line for plot in entry.plots for line in (f"![{escape(plot.title)}]({plot.file})", "")]
+            out += table(entry.table) + [""]
     out += ["## Failures", ""]
     out += table(report.failures) if report.failures else ["None: every cell ran and gave finite output."]
     out.append("")

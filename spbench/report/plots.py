@@ -158,6 +158,37 @@ def curves_figure(frame: pd.DataFrame, quality: Metric, efficiency: Metric, styl
     return _finish(fig, axes, 1, len(panels), 3.3, 2.9, title, wspace=0.34, hspace=0.0)
 
 
+def scaling_figure(lines: pd.DataFrame, styles: Styles, dense: set[str], title: str) -> bytes | None:
+    """Run ms against sequence length (log-log) and, for sparse methods, the speedup over the dense baseline;
+    one line per run, method and budget (rows of :func:`spbench.report.scaling.lines`)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    if lines.empty:
+        return None
+    runs = list(dict.fromkeys(lines["run_id"]))
+    fig = Figure()
+    ax_t, ax_x = fig.subplots(1, 2, squeeze=True)
+    for i, ((run, series, _), line) in enumerate(lines.groupby(["run_id", "series", "budget_key"], sort=True)):
+        st = styles[series]
+        budget = line["budget"].iloc[0]
+        label = series + (f" b={budget:g}" if np.isfinite(budget) else "") + (f" [{run}]" if len(runs) > 1 else "")
+        is_dense = series in dense
+        color = st.color if is_dense else colormaps["tab10"](i % 10)
+        ls = ":" if is_dense else RUN_LINESTYLES[runs.index(run) % len(RUN_LINESTYLES)]
+        ax_t.plot(line["L"], line["run_ms"], ls=ls, marker=st.marker, color=color, ms=5, label=label)
+        if not is_dense and line["speedup"].notna().any():
+            ax_x.plot(line["L"], line["speedup"], ls=ls, marker=st.marker, color=color, ms=5, label=label)
+    for ax, ylabel in ((ax_t, "run ms (lower better)"), (ax_x, "speedup over dense (higher better)")):
+        _log_axis(ax.xaxis, ax.set_xscale)
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+    _log_axis(ax_t.yaxis, ax_t.set_yscale)
+    ax_x.axhline(1.0, color="#bbbbbb", lw=0.8, zorder=1)
+    return _finish(fig, [ax_t, ax_x], 1, 2, 3.6, 3.0, title, wspace=0.34, hspace=0.0)
+
+
 def _finish(fig, axes, nrows: int, ncols: int, panel_w: float, panel_h: float, title: str, wspace: float, hspace: float) -> bytes:
     """Fixed margins in inches and a legend on the right sized to its labels.
 
