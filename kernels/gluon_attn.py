@@ -51,15 +51,12 @@ if HAVE_GLUON:
         return gl.SharedLinearLayout(offset_bases=_interleaved_bases(rows, d))
 
     @gluon.constexpr_function
-    def out_layout(dtype, rank):
-        """Shared layout of a consumer's 64 output rows, and (rank 4) of the output descriptor's [1, 1, 64, D]
-        box over [B, H, L, D]: the same bytes, so the kernel views the one as the other."""
+    def box_layout(dtype, rank):
+        """The 128-byte-swizzled shared layout of rank ``rank`` that the kernel's TMA boxes use (the host builds
+        its descriptors with the same): an interleaved load's [1, groups, halves, 8, 64] (rank 5), a consumer's
+        64 output rows ([64, D], rank 2) and the output descriptor's [1, 1, 64, D] box over [B, H, L, D]
+        (rank 4), which are the same bytes, so the kernel views the one as the other."""
         return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=rank)
-
-    @gluon.constexpr_function
-    def entry_layout(dtype):
-        """Shared layout of an interleaved load's TMA box, [1, groups, halves, 8, 64] (128-byte swizzle)."""
-        return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=dtype.primitive_bitwidth, rank=5)
 
     @gluon.jit
     def _tile_rows(idx_ptr, n, tl, R: gl.constexpr, BLOCK_N: gl.constexpr, LR: gl.constexpr):
@@ -97,7 +94,7 @@ if HAVE_GLUON:
         j = gl.arange(0, NL, layout=rows.type.layout)
         if ILV:
             loads = bufs._reinterpret(bufs.dtype, [STAGES * NL, 1, LR // 8, desc.block_type.shape[2], 8, 64],
-                                      entry_layout(bufs.dtype))
+                                      box_layout(bufs.dtype, 5))
         for i in gl.static_range(NL):
             r = gl.max(gl.where(j == i, rows, 0), axis=0)  # load i's first row, as a scalar (rows are >= 0)
             if ILV:
@@ -478,8 +475,8 @@ if HAVE_GLUON:
         q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([SUB_M, D], dtype)
         q0 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
         q1 = gl.allocate_shared_memory(dtype, [SUB_M, D], q_layout)
-        o0 = gl.allocate_shared_memory(dtype, [SUB_M, D], out_layout(dtype, 2))  # each consumer's O on its way out
-        o1 = gl.allocate_shared_memory(dtype, [SUB_M, D], out_layout(dtype, 2))
+        o0 = gl.allocate_shared_memory(dtype, [SUB_M, D], box_layout(dtype, 2))  # each consumer's O on its way out
+        o1 = gl.allocate_shared_memory(dtype, [SUB_M, D], box_layout(dtype, 2))
         if ILV:  # the rings are only ever used through views (_load_tile, k_read / v_read below)
             ring_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], dtype)
         else:
@@ -539,12 +536,12 @@ def compile_sm90(dtype: str = "bf16", d: int = 128, block_q: int = 128, block_kv
     for p in (1, 2, 4, 8):
         rows = load_rows(block_kv, block_n, p)
         if ilv:
-            desc = f"tensordesc<{dtype}[1,{rows // 8},{d // 64},8,64],{entry_layout(elem)!r}>"
+            desc = f"tensordesc<{dtype}[1,{rows // 8},{d // 64},8,64],{box_layout(elem, 5)!r}>"
         else:
             desc = f"tensordesc<{dtype}[{rows},{d}],{gl.NVMMASharedLayout.get_default_for([rows, d], elem)!r}>"
         sig[f"k{p}"] = sig[f"v{p}"] = desc
     sig.update({
-        "o_desc": f"tensordesc<{dtype}[1,1,64,{d}],{out_layout(elem, 4)!r}>", "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32",
+        "o_desc": f"tensordesc<{dtype}[1,1,64,{d}],{box_layout(elem, 4)!r}>", "Lse": "*fp32", "RowScale": "*fp32", "Comp": "*fp32",
         "Idx": f"*{index_dtype}", "Count": "*i32",
         "qk_scale": "fp32", "q_len": "i32", "kv_len": "i32", "len2": "i32", "len4": "i32", "len8": "i32",
         "num_heads": "i32", "group": "i32", "num_qb": "i32", "width": "i32", "n_bh": "i32",

@@ -154,7 +154,7 @@ if HAVE_GLUON:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from spbench.kernels.gluon_attn import _gluon_fwd, entry_layout, out_layout
+    from spbench.kernels.gluon_attn import _gluon_fwd, box_layout
 
 
 CONFIG_ENV = "SPBENCH_GLUON_CONFIG"
@@ -283,8 +283,8 @@ def descriptor(t: torch.Tensor, rows: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _interleaved_box_layout(dtype: torch.dtype):
-    return entry_layout(_gl_dtype(dtype))  # the kernel's own (a constexpr function, callable here)
+def _box_layout(dtype: torch.dtype, rank: int):
+    return box_layout(_gl_dtype(dtype), rank)  # the kernel's own (a constexpr function, callable here)
 
 
 def interleaved_descriptor(t: torch.Tensor, rows: int):
@@ -296,12 +296,7 @@ def interleaved_descriptor(t: torch.Tensor, rows: int):
     that :func:`has_group_room` checks."""
     bsz, heads, length, d = t.shape
     shape = [bsz * heads, -(-length // 8), d // 64, 8, 64]
-    return TensorDescriptor(t, shape, [length * d, 8 * d, 64, d, 1], [1, rows // 8, d // 64, 8, 64], _interleaved_box_layout(t.dtype))
-
-
-@functools.lru_cache(maxsize=None)
-def _out_box_layout(dtype: torch.dtype):
-    return out_layout(_gl_dtype(dtype), 4)  # the kernel's own (a constexpr function, callable here)
+    return TensorDescriptor(t, shape, [length * d, 8 * d, 64, d, 1], [1, rows // 8, d // 64, 8, 64], _box_layout(t.dtype, 5))
 
 
 def tma_storable(t: torch.Tensor) -> bool:
@@ -312,7 +307,7 @@ def tma_storable(t: torch.Tensor) -> bool:
 def out_descriptor(out: torch.Tensor):
     """TMA descriptor over [B, H, L, D] ``out`` (any strides :func:`tma_storable` allows), boxes of a consumer's
     [1, 1, 64, D] rows; the descriptor's bounds clip rows past L."""
-    return TensorDescriptor(out, list(out.shape), list(out.stride()), [1, 1, 64, out.shape[-1]], _out_box_layout(out.dtype))
+    return TensorDescriptor(out, list(out.shape), list(out.stride()), [1, 1, 64, out.shape[-1]], _box_layout(out.dtype, 4))
 
 
 def has_group_room(t: torch.Tensor) -> bool:
@@ -370,13 +365,13 @@ def run_plan_gluon(
         q = q.contiguous()
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    # the kernel TMA-stores its output: an out it cannot store into gets the result copied in
-    dest = out if tma_storable(out) else torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty(bsz, hq, lq, device=q.device, dtype=torch.float32) if return_lse else out
     row_scale = _extra(plan, "row_scale", (bsz, hq, nqb), q.device)
     comp = _extra(plan, "compensation", (bsz, hq, nqb, d), q.device)
     if lq == 0:
         return (out, lse) if return_lse else out
+    # the kernel TMA-stores its output: an out it cannot store into gets the result copied in
+    dest = out if tma_storable(out) else torch.empty_like(q, memory_format=torch.contiguous_format)
     mask = sched.level_mask
     lens = [(lk + p - 1) // p for p in (2, 4, 8)]
     levels = {1: (k, v)}
