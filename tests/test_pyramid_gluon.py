@@ -289,7 +289,7 @@ GPU_CASES = [
     ("bfloat16", 128, 3, 3, 257, 1000, 128, 64, 128, 2, {"only": 8}),
     ("float16", 128, 2, 1, 300, 2048, 128, 64, 64, 3, {"only": 8, "epilogue": True}),
     ("bfloat16", 128, 2, 2, 300, 1000, 128, 128, 128, 2, {}),
-    ("bfloat16", 128, 4, 2, 257, 1000, 128, 64, 128, 2, {"pooled": True, "empty": True}),  # added after the last GPU run
+    ("bfloat16", 128, 4, 2, 257, 1000, 128, 64, 128, 2, {"pooled": True, "empty": True}),
     # level 8 only with a ragged key length (NVMMA tiles)
     ("bfloat16", 128, 2, 2, 300, 333, 128, 64, 128, 2, {"only": 8}),
 ]
